@@ -1,0 +1,33 @@
+"""Exception classes. Each message names the file, repo, field or option at fault."""
+
+
+class FederatedFactoryError(Exception):
+    """Base class of every error the project raises on purpose."""
+
+
+class DataError(FederatedFactoryError, ValueError):
+    """A data source cannot be read as an image-classification dataset."""
+
+
+class PartitionError(FederatedFactoryError, ValueError):
+    """A partitioner cannot split the dataset as asked."""
+
+
+class FactoryError(FederatedFactoryError):
+    """A factory (one client's published generative module) is invalid or cannot be trained/published."""
+
+
+class PrivacyAuditError(FactoryError):
+    """The privacy audit found too many near-copies of training images; publishing is refused."""
+
+
+class ManifestError(FederatedFactoryError, ValueError):
+    """A federation manifest is malformed or inconsistent with the factories it lists."""
+
+
+class UnlearningError(FederatedFactoryError, ValueError):
+    """An unlearning request cannot be carried out (unknown repo, last factory, ...)."""
+
+
+class HubEndpointError(FederatedFactoryError):
+    """The Hub-compatible endpoint cannot be started or configured."""
