@@ -1,0 +1,33 @@
+"""Convert image datasets to tensors once, so training loops never decode PIL images per step."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def images_to_uint8(images, channels: int) -> np.ndarray:
+    """Stack PIL images (all the same size) into a ``uint8`` array of shape N×C×H×W."""
+    mode = "L" if channels == 1 else "RGB"
+    arrays = [np.asarray(img.convert(mode) if img.mode != mode else img, dtype=np.uint8) for img in images]
+    if not arrays:
+        raise ValueError("images_to_uint8 got no images")
+    stacked = np.stack(arrays)
+    if stacked.ndim == 3:
+        stacked = stacked[:, None]
+    else:
+        stacked = stacked.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(stacked)
+
+
+def dataset_to_tensors(dataset, channels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``datasets.Dataset(image, label)`` → (float32 images in [0, 1], N×C×H×W; int64 labels).
+
+    ``channels`` defaults to 1 for grayscale ("L") images and 3 otherwise, judged from the first image.
+    """
+    images = dataset["image"]
+    if channels is None:
+        channels = 1 if images[0].mode in ("L", "1", "I", "I;16", "F") else 3
+    x = torch.from_numpy(images_to_uint8(images, channels)).float().div_(255.0)
+    y = torch.as_tensor(np.asarray(dataset["label"], dtype=np.int64))
+    return x, y
