@@ -1,0 +1,377 @@
+"""What a hospital runs: train a factory on its own images, audit it for memorization, publish it privately.
+
+The images never leave this module: what is published is a `FactoryPipeline` (safetensors weights), a
+`factory.json` with the metadata the aggregator needs, a model card and a sample grid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import FactoryError
+from .tensors import images_to_uint8
+
+FACTORY_METADATA_FILE = "factory.json"
+FACTORY_FORMAT_VERSION = 1
+
+
+@dataclass
+class FactoryConfig:
+    """Everything that defines how a factory is trained. Serialized into `factory.json`."""
+
+    image_size: int = 32
+    channels: int = 3
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    attention: bool = False  # self-attention at the lowest resolution
+    norm_num_groups: int = 8
+    beta_schedule: str = "squaredcos_cap_v2"
+    num_train_timesteps: int = 1000
+    prediction_type: str = "epsilon"  # or "v_prediction"
+    train_steps: int = 1000
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    ema_decay: float = 0.995
+    flip: str = "none"  # "none", "h" (horizontal) or "hv" (horizontal and vertical), where the data allows it
+    cfg_dropout: float = 0.0  # > 0 trains a null class for classifier-free guidance
+    mixed_precision: str = "no"  # "no", "bf16" or "fp16" (fp16 on GPU only)
+    audit_holdout_fraction: float = 0.1  # client images kept out of training for the privacy audit
+    seed: int = 0
+    checkpoint_every: int = 0  # steps; 0 = no intermediate checkpoints
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["block_out_channels"] = list(self.block_out_channels)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FactoryConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise FactoryError(f"unknown factory config field(s): {sorted(unknown)}")
+        data = dict(data)
+        if "block_out_channels" in data:
+            data["block_out_channels"] = tuple(data["block_out_channels"])
+        return cls(**data)
+
+
+#: Presets sized for the machine. `tiny`: seconds, for tests. `cpu`: a 32×32 client of a couple of
+#: thousand images in at most 15 minutes on 2 cores. `gpu`: a bigger network and budget for one H100.
+PRESETS: dict[str, FactoryConfig] = {
+    "tiny": FactoryConfig(block_out_channels=(16, 32), train_steps=30, batch_size=16, warmup_steps=5, lr=2e-3),
+    "demo": FactoryConfig(block_out_channels=(16, 32, 64), train_steps=450, batch_size=64, warmup_steps=50),
+    "cpu": FactoryConfig(block_out_channels=(32, 64, 64), train_steps=1500, batch_size=64, warmup_steps=100),
+    "gpu": FactoryConfig(
+        block_out_channels=(64, 128, 256),
+        layers_per_block=2,
+        attention=True,
+        norm_num_groups=32,
+        train_steps=20000,
+        batch_size=256,
+        lr=4e-4,
+        warmup_steps=500,
+        ema_decay=0.9995,
+        mixed_precision="bf16",
+    ),
+}
+
+
+def preset(name: str, **overrides) -> FactoryConfig:
+    """The named preset with ``overrides`` applied (e.g. ``image_size=16, channels=1``)."""
+    if name not in PRESETS:
+        raise FactoryError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
+
+
+def build_unet(config: FactoryConfig, num_classes: int):
+    """The factory's class-conditional `UNet2DModel` (one embedding per class, plus a null class for CFG)."""
+    from diffusers import UNet2DModel
+
+    levels = len(config.block_out_channels)
+    down = ["DownBlock2D"] * levels
+    up = ["UpBlock2D"] * levels
+    if config.attention:
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    return UNet2DModel(
+        sample_size=config.image_size,
+        in_channels=config.channels,
+        out_channels=config.channels,
+        block_out_channels=tuple(config.block_out_channels),
+        layers_per_block=config.layers_per_block,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        norm_num_groups=config.norm_num_groups,
+        num_class_embeds=num_classes + int(config.cfg_dropout > 0),
+    )
+
+
+def build_scheduler(config: FactoryConfig):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
+        prediction_type=config.prediction_type,
+        clip_sample=True,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Client data
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClientData:
+    """One client's images as uint8 N×C×H×W plus local labels, split into training and audit hold-out."""
+
+    class_names: list[str]
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    holdout_images: np.ndarray
+    holdout_labels: np.ndarray
+    counts: dict[str, int] = field(default_factory=dict)  # training images per class name
+
+    @property
+    def fingerprint(self) -> str:
+        return dataset_fingerprint(self.train_images)
+
+
+def dataset_fingerprint(images: np.ndarray) -> str:
+    """sha256 over the sorted per-image sha256 digests: identifies a training set without revealing it."""
+    digests = sorted(hashlib.sha256(np.ascontiguousarray(img).tobytes()).digest() for img in images)
+    return hashlib.sha256(b"".join(digests)).hexdigest()
+
+
+def prepare_client_data(dataset, config: FactoryConfig, classes: list[str] | None = None) -> ClientData:
+    """Check a client's `datasets.Dataset(image, label)` and split off the audit hold-out (stratified, seeded).
+
+    ``classes`` restricts training to these global class names (all classes present by default).
+    Raises `FactoryError` for an empty dataset, an unknown class, or images of the wrong size/mode.
+    """
+    from datasets import ClassLabel
+
+    if len(dataset) == 0:
+        raise FactoryError("the client dataset is empty: there is nothing to train a factory on")
+    label_feature = dataset.features.get("label")
+    if not isinstance(label_feature, ClassLabel):
+        raise FactoryError(f"the client dataset's 'label' column must be a ClassLabel, got {label_feature!r}")
+    names = label_feature.names
+    labels = np.asarray(dataset["label"], dtype=np.int64)
+    present = [names[i] for i in sorted(set(labels.tolist()))]
+    if classes is None:
+        classes = present
+    for name in classes:
+        if name not in names:
+            raise FactoryError(f"unknown class {name!r}: the dataset's classes are {names}")
+        if name not in present:
+            raise FactoryError(f"class {name!r} has no images in this client's dataset (it holds {present})")
+
+    images = dataset["image"]
+    expected_mode = "L" if config.channels == 1 else "RGB"
+    for row, img in enumerate(images):
+        if img.size != (config.image_size, config.image_size) or img.mode != expected_mode:
+            raise FactoryError(
+                f"image at row {row} is {img.mode} {img.size[0]}x{img.size[1]}, but the factory expects "
+                f"{expected_mode} {config.image_size}x{config.image_size}; load the data with "
+                f"image_size={config.image_size}, channels={config.channels}"
+            )
+    pixels = images_to_uint8(images, config.channels)
+
+    rng = np.random.default_rng(config.seed)
+    train_idx, holdout_idx, local = [], [], np.empty(len(labels), dtype=np.int64)
+    for local_id, name in enumerate(classes):
+        rows = np.flatnonzero(labels == names.index(name))
+        local[rows] = local_id
+        rows = rows[rng.permutation(len(rows))]
+        n_hold = int(round(len(rows) * config.audit_holdout_fraction)) if len(rows) >= 10 else 0
+        holdout_idx.extend(rows[:n_hold])
+        train_idx.extend(rows[n_hold:])
+    train_idx, holdout_idx = np.sort(train_idx), np.sort(holdout_idx).astype(np.int64)
+    return ClientData(
+        class_names=list(classes),
+        train_images=pixels[train_idx],
+        train_labels=local[train_idx],
+        holdout_images=pixels[holdout_idx],
+        holdout_labels=local[holdout_idx],
+        counts={name: int((local[train_idx] == i).sum()) for i, name in enumerate(classes)},
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainStats:
+    steps: int
+    final_loss: float
+    loss_history: list[float]
+    images_per_second: float
+    wall_seconds: float
+
+
+def _lr_lambda(config: FactoryConfig):
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.train_steps - config.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _augment(x: torch.Tensor, flip: str, generator: torch.Generator) -> torch.Tensor:
+    if flip in ("h", "hv"):
+        mask = torch.rand(x.shape[0], generator=generator) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(-1), x)
+    if flip == "hv":
+        mask = torch.rand(x.shape[0], generator=generator) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(-2), x)
+    return x
+
+
+def train_factory(
+    data: ClientData,
+    config: FactoryConfig,
+    *,
+    accelerator=None,
+    output_dir: str | Path | None = None,
+    progress: bool = True,
+):
+    """Train a `FactoryPipeline` on ``data`` and return ``(pipeline with EMA weights, TrainStats)``.
+
+    Epsilon- or v-prediction DDPM objective, AdamW with linear warm-up and cosine decay, EMA weights,
+    optional flips and classifier-free-guidance label dropout. With ``output_dir``, checkpoints are
+    written every ``config.checkpoint_every`` steps and a run resumes from the latest one.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from .pipeline import FactoryPipeline
+
+    if config.flip not in ("none", "h", "hv"):
+        raise FactoryError(f"flip must be 'none', 'h' or 'hv', got {config.flip!r}")
+    if len(data.train_images) == 0:
+        raise FactoryError("the client has no training images left after the audit hold-out")
+    accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+    device = accelerator.device
+    torch.manual_seed(config.seed)
+    num_classes = len(data.class_names)
+    unet = build_unet(config, num_classes)
+    scheduler = build_scheduler(config)
+    ema = build_unet(config, num_classes)
+    ema.load_state_dict(unet.state_dict())
+    ema.requires_grad_(False)
+
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    ema.to(device)
+
+    images = torch.from_numpy(data.train_images).float().div_(127.5).sub_(1.0)
+    labels = torch.from_numpy(data.train_labels)
+    alphas_cumprod = scheduler.alphas_cumprod.to(device)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    start_step, losses = 0, []
+    ckpt_dir = Path(output_dir) / "checkpoint" if output_dir else None
+    if ckpt_dir is not None and (ckpt_dir / "state.pt").exists():
+        state = torch.load(ckpt_dir / "state.pt", map_location="cpu", weights_only=True)
+        accelerator.unwrap_model(unet).load_state_dict(state["unet"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_schedule.load_state_dict(state["lr_schedule"])
+        generator.set_state(state["generator"])
+        start_step, losses = int(state["step"]), list(state["losses"])
+
+    unet.train()
+    bar = tqdm(
+        range(start_step, config.train_steps),
+        initial=start_step,
+        total=config.train_steps,
+        desc=f"factory {'+'.join(data.class_names)[:30]}",
+        disable=not (progress and accelerator.is_main_process),
+        unit="step",
+    )
+    t0, seen = time.perf_counter(), 0
+    for step in bar:
+        idx = torch.randint(0, len(images), (config.batch_size,), generator=generator)
+        x0 = _augment(images[idx], config.flip, generator).to(device)
+        y = labels[idx].to(device)
+        if config.cfg_dropout > 0:
+            drop = torch.rand(len(y), generator=generator).to(device) < config.cfg_dropout
+            y = torch.where(drop, torch.full_like(y, num_classes), y)
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        t = torch.randint(0, config.num_train_timesteps, (len(x0),), generator=generator).to(device)
+        a = alphas_cumprod[t].sqrt()[:, None, None, None]
+        s = (1 - alphas_cumprod[t]).sqrt()[:, None, None, None]
+        noisy = a * x0 + s * noise
+        target = noise if config.prediction_type == "epsilon" else a * noise - s * x0
+        with accelerator.autocast():
+            pred = unet(noisy, t, class_labels=y).sample
+        loss = F.mse_loss(pred.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        lr_schedule.step()
+
+        decay = min(config.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), accelerator.unwrap_model(unet).parameters()):
+                p_ema.lerp_(p.detach(), 1 - decay)
+        losses.append(loss.item())
+        seen += len(x0)
+        if step % 10 == 0 or step == config.train_steps - 1:
+            rate = seen / max(1e-9, time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", img_s=f"{rate:.0f}")
+        if ckpt_dir is not None and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+            _save_checkpoint(ckpt_dir, accelerator.unwrap_model(unet), ema, optimizer, lr_schedule, generator, step + 1, losses)
+    bar.close()
+    wall = time.perf_counter() - t0
+
+    ema.eval()
+    pipeline = FactoryPipeline(
+        unet=ema.to("cpu"), scheduler=scheduler, class_names=data.class_names, null_class=config.cfg_dropout > 0
+    )
+    stats = TrainStats(
+        steps=config.train_steps,
+        final_loss=float(np.mean(losses[-50:])) if losses else float("nan"),
+        loss_history=[float(v) for v in losses],
+        images_per_second=seen / wall if wall > 0 else 0.0,
+        wall_seconds=wall,
+    )
+    return pipeline, stats
+
+
+def _save_checkpoint(ckpt_dir: Path, unet, ema, optimizer, lr_schedule, generator, step: int, losses: list[float]):
+    """Atomically write a resumable training state (local only: checkpoints are never published)."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt_dir / "state.pt.tmp"
+    torch.save(
+        {
+            "unet": unet.state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "lr_schedule": lr_schedule.state_dict(),
+            "generator": generator.get_state(),
+            "step": step,
+            "losses": losses,
+        },
+        tmp,
+    )
+    tmp.replace(ckpt_dir / "state.pt")
