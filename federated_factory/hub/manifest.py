@@ -1,0 +1,213 @@
+"""The federation manifest: the single source of truth for what the global model may learn from.
+
+A manifest is a YAML file::
+
+    federation: mnist-silos              # a name, used in cards
+    label_space: ["0", "1", ..., "9"]    # class NAMES; integer ids are derived from this order
+    factories:                           # one entry per published factory, pinned to a commit
+      - repo: hospital-0/factory
+        revision: 3f2a...               # a 40-hex commit sha (a branch name is resolved and pinned)
+    synthesis:
+      samples_per_class: 500
+      sampler: dpm++                     # ddpm | ddim | dpm++
+      num_inference_steps: 20
+      guidance_scale: 1.0
+      batch_size: 250
+      seed: 0
+    classifier: {arch: timm/ff_cnn, epochs: 15, ...}   # ClassifierConfig fields
+    evaluation: {dataset: mnist-5k, split: test, image_size: 16, channels: 1}
+    output_dir: runs/aggregate
+    publish: {classifier_repo: aggregator/classifier, dataset_repo: aggregator/synthetic, private: true}
+
+`load_manifest` checks the whole file and reports every problem at once in one `ManifestError`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..errors import ManifestError
+from ..pipeline import SAMPLERS
+
+SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+@dataclass
+class FactoryEntry:
+    repo: str
+    revision: str = "main"
+
+    @property
+    def pinned(self) -> bool:
+        return bool(SHA_RE.match(self.revision))
+
+    def __str__(self) -> str:
+        return f"{self.repo}@{self.revision}"
+
+
+@dataclass
+class SynthesisConfig:
+    samples_per_class: int = 500
+    sampler: str = "dpm++"
+    num_inference_steps: int = 20
+    guidance_scale: float = 1.0
+    batch_size: int = 250
+    seed: int = 0
+
+
+@dataclass
+class Manifest:
+    label_space: list[str]
+    factories: list[FactoryEntry]
+    federation: str = "federation"
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    classifier: dict = field(default_factory=dict)
+    evaluation: dict = field(default_factory=dict)
+    output_dir: str = "runs/aggregate"
+    publish: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)  # unlearning records, oldest first
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["factories"] = [asdict(f) for f in self.factories]
+        if not data["history"]:
+            data.pop("history")
+        return data
+
+    def content_hash(self) -> str:
+        """sha256 of what defines the federation's model (label space, factories, synthesis, classifier)."""
+        core = {k: v for k, v in self.to_dict().items() if k in ("label_space", "factories", "synthesis", "classifier")}
+        return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
+
+    def save(self, path: str | Path) -> Path:
+        """Write the manifest as YAML, atomically (a temp file renamed over the target)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            yaml.safe_dump(self.to_dict(), handle, sort_keys=False)
+        os.replace(tmp, path)
+        return path
+
+    def without(self, repo: str) -> Manifest:
+        """A copy of the manifest with the factory ``repo`` removed (history is the caller's business)."""
+        reduced = copy.deepcopy(self)
+        reduced.factories = [f for f in reduced.factories if f.repo != repo]
+        return reduced
+
+
+def parse_manifest(data: dict, source: str = "<manifest>") -> Manifest:
+    """Validate a manifest dict; every problem is collected and raised together as one `ManifestError`."""
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise ManifestError(f"{source}: a manifest must be a YAML mapping, got {type(data).__name__}")
+    known = {"federation", "label_space", "factories", "synthesis", "classifier", "evaluation", "output_dir", "publish", "history"}
+    for key in sorted(set(data) - known):
+        problems.append(f"unknown field {key!r} (known: {sorted(known)})")
+
+    label_space = data.get("label_space")
+    if not isinstance(label_space, list) or not label_space:
+        problems.append("label_space: must be a non-empty list of class names")
+        label_space = []
+    else:
+        label_space = [str(name) for name in label_space]
+        duplicates = sorted({n for n in label_space if label_space.count(n) > 1})
+        if duplicates:
+            problems.append(f"label_space: duplicate class names {duplicates}")
+
+    factories: list[FactoryEntry] = []
+    raw_factories = data.get("factories")
+    if not isinstance(raw_factories, list) or not raw_factories:
+        problems.append("factories: the manifest lists no factories (need at least one repo)")
+        raw_factories = []
+    seen = set()
+    for i, entry in enumerate(raw_factories):
+        where = f"factories[{i}]"
+        if isinstance(entry, str):  # "org/name@sha" shorthand
+            repo, _, revision = entry.partition("@")
+            entry = {"repo": repo, "revision": revision or "main"}
+        if not isinstance(entry, dict) or "repo" not in entry:
+            problems.append(f"{where}: must be a mapping with 'repo' and 'revision' (or 'org/name@sha')")
+            continue
+        extra = set(entry) - {"repo", "revision"}
+        if extra:
+            problems.append(f"{where} ({entry.get('repo')}): unknown field(s) {sorted(extra)}")
+        repo, revision = str(entry["repo"]), str(entry.get("revision") or "main")
+        if not REPO_RE.match(repo) or ".." in repo:
+            problems.append(f"{where}: {repo!r} is not a valid repo id (expected 'namespace/name')")
+        if repo in seen:
+            problems.append(f"{where}: {repo} is listed twice")
+        seen.add(repo)
+        factories.append(FactoryEntry(repo=repo, revision=revision))
+
+    synthesis = SynthesisConfig()
+    raw_synthesis = data.get("synthesis") or {}
+    if not isinstance(raw_synthesis, dict):
+        problems.append("synthesis: must be a mapping")
+        raw_synthesis = {}
+    for key, value in raw_synthesis.items():
+        if not hasattr(synthesis, key):
+            problems.append(f"synthesis.{key}: unknown field (known: {sorted(asdict(synthesis))})")
+            continue
+        expected = type(getattr(synthesis, key))
+        try:
+            setattr(synthesis, key, expected(value))
+        except (TypeError, ValueError):
+            problems.append(f"synthesis.{key}: expected {expected.__name__}, got {value!r}")
+    if synthesis.sampler not in SAMPLERS:
+        problems.append(f"synthesis.sampler: {synthesis.sampler!r} is not one of {sorted(SAMPLERS)}")
+    for key in ("samples_per_class", "num_inference_steps", "batch_size"):
+        if getattr(synthesis, key) < 1:
+            problems.append(f"synthesis.{key}: must be at least 1")
+
+    classifier = data.get("classifier") or {}
+    if not isinstance(classifier, dict):
+        problems.append("classifier: must be a mapping of ClassifierConfig fields")
+        classifier = {}
+    else:
+        from ..classifier import ClassifierConfig
+
+        try:
+            ClassifierConfig.from_dict(classifier)
+        except (TypeError, ValueError) as err:
+            problems.append(f"classifier: {err}")
+
+    for key in ("evaluation", "publish"):
+        if not isinstance(data.get(key) or {}, dict):
+            problems.append(f"{key}: must be a mapping")
+
+    if problems:
+        raise ManifestError(f"{source} has {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
+    return Manifest(
+        label_space=label_space,
+        factories=factories,
+        federation=str(data.get("federation") or "federation"),
+        synthesis=synthesis,
+        classifier=dict(classifier),
+        evaluation=dict(data.get("evaluation") or {}),
+        output_dir=str(data.get("output_dir") or "runs/aggregate"),
+        publish=dict(data.get("publish") or {}),
+        history=list(data.get("history") or []),
+    )
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate a manifest YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ManifestError(f"{path}: not valid YAML ({err})") from None
+    return parse_manifest(data, source=str(path))
