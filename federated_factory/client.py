@@ -375,3 +375,262 @@ def _save_checkpoint(ckpt_dir: Path, unet, ema, optimizer, lr_schedule, generato
         tmp,
     )
     tmp.replace(ckpt_dir / "state.pt")
+
+
+# --------------------------------------------------------------------------------------------------
+# Privacy audit
+# --------------------------------------------------------------------------------------------------
+
+
+def _nearest_distances(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """Euclidean distance (pixels in [0, 1], per-pixel RMS) from each query image to its nearest reference."""
+    q = torch.from_numpy(queries.reshape(len(queries), -1)).float().div_(255.0)
+    r = torch.from_numpy(references.reshape(len(references), -1)).float().div_(255.0)
+    d = torch.cdist(q, r).min(dim=1).values / math.sqrt(q.shape[1])
+    return d.numpy()
+
+
+def audit_privacy(
+    pipeline,
+    data: ClientData,
+    *,
+    samples_per_class: int = 64,
+    sampler: str = "dpm++",
+    num_inference_steps: int = 20,
+    copy_quantile: float = 0.05,
+    copy_factor: float = 0.5,
+    max_copy_rate: float = 0.1,
+    seed: int = 0,
+) -> dict:
+    """Measure how close the factory's samples come to the client's own training images.
+
+    For each class, ``samples_per_class`` samples and the client's held-out images (never trained on) are
+    compared with the training images of that class by nearest-neighbour distance. A sample counts as a
+    *copy* when it is closer to a training image than ``copy_factor`` × the ``copy_quantile`` quantile of
+    the held-out images' distances: closer than fresh images of the same class almost ever come. The copy
+    rate is the fraction of such samples; publishing is refused above ``max_copy_rate`` (see `publish_factory`).
+    Without held-out images for a class, the threshold falls back to the training images' own
+    leave-one-out nearest-neighbour distances.
+    """
+    from .pipeline import make_scheduler
+
+    pipeline.scheduler = make_scheduler(sampler, pipeline.scheduler.config)
+    pipeline.set_progress_bar_config(disable=True)
+    per_class, all_sample_d, copies, total = {}, [], 0, 0
+    generator = torch.Generator().manual_seed(seed)
+    for local_id, name in enumerate(data.class_names):
+        train = data.train_images[data.train_labels == local_id]
+        holdout = data.holdout_images[data.holdout_labels == local_id]
+        images = pipeline(name, num_images=samples_per_class, num_inference_steps=num_inference_steps,
+                          generator=generator, output_type="np").images
+        samples = np.round(images * 255).astype(np.uint8).transpose(0, 3, 1, 2)
+        d_samples = _nearest_distances(samples, train)
+        if len(holdout):
+            d_reference = _nearest_distances(holdout, train)
+            reference = "held-out"
+        else:  # leave-one-out distances among the training images themselves
+            q = torch.from_numpy(train.reshape(len(train), -1)).float().div_(255.0)
+            d = torch.cdist(q, q)
+            d.fill_diagonal_(float("inf"))
+            d_reference = (d.min(dim=1).values / math.sqrt(q.shape[1])).numpy()
+            reference = "leave-one-out"
+        threshold = copy_factor * float(np.quantile(d_reference, copy_quantile))
+        n_copies = int((d_samples < threshold).sum())
+        copies += n_copies
+        total += len(d_samples)
+        all_sample_d.append(d_samples)
+        per_class[name] = {
+            "samples": int(len(d_samples)),
+            "copies": n_copies,
+            "copy_rate": n_copies / len(d_samples),
+            "threshold": threshold,
+            "reference": reference,
+            "sample_nn_distance_quantiles": _quantiles(d_samples),
+            "reference_nn_distance_quantiles": _quantiles(d_reference),
+        }
+    copy_rate = copies / max(1, total)
+    return {
+        "method": "nearest-neighbour distance of samples to the client's training images vs held-out images",
+        "distance": "per-pixel RMS distance, pixels in [0, 1]",
+        "copy_rule": f"sample distance < {copy_factor} x q{int(copy_quantile * 100)} of reference distances",
+        "samples_per_class": samples_per_class,
+        "sampler": sampler,
+        "num_inference_steps": num_inference_steps,
+        "copy_rate": copy_rate,
+        "max_copy_rate": max_copy_rate,
+        "passed": copy_rate <= max_copy_rate,
+        "sample_nn_distance_quantiles": _quantiles(np.concatenate(all_sample_d)),
+        "per_class": per_class,
+    }
+
+
+def _quantiles(values: np.ndarray) -> dict[str, float]:
+    return {f"q{q:02d}": float(np.quantile(values, q / 100)) for q in (1, 5, 25, 50, 75, 95)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Metadata, card and publishing
+# --------------------------------------------------------------------------------------------------
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["federated-factory", "torch", "diffusers", "huggingface-hub", "datasets", "accelerate"]
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def factory_metadata(data: ClientData, config: FactoryConfig, stats: TrainStats, audit: dict) -> dict:
+    """The `factory.json` the aggregator reads: classes, counts, image format, training record, audit."""
+    train_stats = asdict(stats)
+    train_stats.pop("loss_history")
+    return {
+        "format_version": FACTORY_FORMAT_VERSION,
+        "pipeline_class": "FactoryPipeline",
+        "classes": list(data.class_names),
+        "class_counts": dict(data.counts),
+        "image_size": config.image_size,
+        "channels": config.channels,
+        "normalization": "x / 127.5 - 1 (uint8 pixels to [-1, 1])",
+        "config": config.to_dict(),
+        "train_stats": train_stats,
+        "versions": package_versions(),
+        "training_set_fingerprint": data.fingerprint,
+        "privacy_audit": audit,
+    }
+
+
+def sample_grid(pipeline, class_names: list[str], per_class: int = 8, *, sampler: str = "dpm++",
+                num_inference_steps: int = 20, seed: int = 0):
+    """One row of samples per class, as a PIL image."""
+    from .pipeline import make_scheduler
+    from .plots import image_grid
+
+    pipeline.scheduler = make_scheduler(sampler, pipeline.scheduler.config)
+    pipeline.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for name in class_names:
+        images = pipeline(name, num_images=per_class, num_inference_steps=num_inference_steps,
+                          generator=generator, output_type="np").images
+        rows.append(np.round(images * 255).astype(np.uint8).transpose(0, 3, 1, 2))
+    return image_grid(rows, scale=3 if pipeline.unet.config.sample_size <= 32 else 1)
+
+
+@dataclass
+class PublishedFactory:
+    repo_id: str
+    revision: str  # the commit sha of the single publishing commit
+
+    def __str__(self) -> str:
+        return f"{self.repo_id}@{self.revision}"
+
+    def manifest_entry(self) -> dict:
+        return {"repo": self.repo_id, "revision": self.revision}
+
+
+def publish_factory(
+    pipeline,
+    metadata: dict,
+    repo_id: str,
+    *,
+    token: str | None,
+    private: bool = True,
+    allow_copies: bool = False,
+    license: str = "other",
+    grid=None,
+) -> PublishedFactory:
+    """Publish a factory to a private Hub repo in ONE commit: pipeline, `factory.json`, card and sample grid.
+
+    Refuses (raising `PrivacyAuditError`) when the privacy audit failed, unless ``allow_copies``. Checks
+    the token and the endpoint before writing anything, so a failure never leaves a partial publish.
+    """
+    import tempfile
+
+    import httpx2
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .errors import PrivacyAuditError
+    from .hub.cards import render_card
+
+    audit = metadata["privacy_audit"]
+    if not audit["passed"] and not allow_copies:
+        raise PrivacyAuditError(
+            f"privacy audit failed for {repo_id}: {audit['copy_rate']:.1%} of samples are near-copies of training "
+            f"images (limit {audit['max_copy_rate']:.1%}); nothing was published. Train longer on more data, or "
+            f"pass allow_copies=True / --allow-copies to publish anyway (the card will say so)."
+        )
+    api = HfApi(token=token)
+    try:
+        user = api.whoami()
+    except HfHubHTTPError as err:
+        raise FactoryError(f"cannot publish {repo_id}: the Hub rejected the token ({err.response.status_code}); "
+                           "pass a write token with --token or HF_TOKEN") from None
+    except (OSError, httpx2.TransportError) as err:
+        from huggingface_hub import constants
+
+        raise FactoryError(f"cannot publish {repo_id}: Hub endpoint {constants.ENDPOINT} is unreachable ({err})") from None
+    role = (user.get("auth", {}).get("accessToken", {}) or {}).get("role")
+    if role not in (None, "write", "fineGrained"):
+        raise FactoryError(f"cannot publish {repo_id}: the token has role {role!r}, a write token is needed")
+
+    with tempfile.TemporaryDirectory(prefix="factory-") as tmp:
+        folder = Path(tmp)
+        pipeline.save_pretrained(folder, safe_serialization=True)
+        (folder / FACTORY_METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
+        if grid is None:
+            grid = sample_grid(pipeline, metadata["classes"], seed=metadata["config"]["seed"])
+        grid.save(folder / "samples.png")
+        card = render_card("factory.md", repo_id=repo_id, metadata=metadata, license=license)
+        (folder / "README.md").write_text(card)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            commit_message=f"Publish factory for classes {', '.join(metadata['classes'])}",
+        )
+    return PublishedFactory(repo_id=repo_id, revision=commit.oid)
+
+
+def run_client(
+    dataset,
+    repo_id: str,
+    config: FactoryConfig,
+    *,
+    classes: list[str] | None = None,
+    token: str | None = None,
+    output_dir: str | Path | None = None,
+    allow_copies: bool = False,
+    audit_samples_per_class: int = 64,
+    publish: bool = True,
+    accelerator=None,
+    progress: bool = True,
+) -> tuple[PublishedFactory | None, dict]:
+    """The whole client job: check data → train → audit → metadata → publish (one commit).
+
+    Returns ``(published factory or None, metadata)``. The pipeline, metadata and grid are also saved under
+    ``output_dir`` when given (local copies; the training images are never written anywhere).
+    """
+    data = prepare_client_data(dataset, config, classes)
+    pipeline, stats = train_factory(data, config, accelerator=accelerator, output_dir=output_dir, progress=progress)
+    if accelerator is not None and not accelerator.is_main_process:
+        return None, {}
+    audit = audit_privacy(pipeline, data, samples_per_class=audit_samples_per_class, seed=config.seed)
+    metadata = factory_metadata(data, config, stats, audit)
+    grid = sample_grid(pipeline, data.class_names, seed=config.seed)
+    if output_dir is not None:
+        out = Path(output_dir)
+        pipeline.save_pretrained(out / "pipeline", safe_serialization=True)
+        (out / FACTORY_METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
+        grid.save(out / "samples.png")
+    published = None
+    if publish:
+        published = publish_factory(pipeline, metadata, repo_id, token=token, allow_copies=allow_copies, grid=grid)
+    return published, metadata

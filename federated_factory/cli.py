@@ -1,0 +1,203 @@
+"""`federated-factory` command line: demo | train-client | aggregate | unlearn | hub serve | data summary | report.
+
+Each sub-command's arguments are defined by an ``add_*_arguments`` function that the thin scripts in
+`recipes/` reuse, so `federated-factory aggregate ...` and `accelerate launch recipes/aggregate.py ...`
+accept the same options. HF libraries are imported only after `--endpoint` has been applied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import FederatedFactoryError
+
+
+def add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint", default=None,
+                        help="Hub endpoint URL (default: $HF_ENDPOINT or https://huggingface.co)")
+    parser.add_argument("--token", default=None,
+                        help="Hub token (default: $HF_TOKEN or the cached login); never printed or logged")
+
+
+def add_train_client_arguments(parser: argparse.ArgumentParser) -> None:
+    add_endpoint_arguments(parser)
+    parser.add_argument("--data", required=True, help="mnist-5k, an imagefolder, a parquet or save_to_disk dir, or a Hub dataset id")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--classes", default=None, help="comma-separated class names to train on (default: all present)")
+    parser.add_argument("--partition", default=None, help="simulate a client: partition scheme (silos, pathological, dirichlet, iid)")
+    parser.add_argument("--client", type=int, default=None, help="with --partition: which client's share to train on")
+    parser.add_argument("--num-clients", type=int, default=None)
+    parser.add_argument("--partition-seed", type=int, default=0)
+    parser.add_argument("--repo", required=True, help="private Hub repo to publish to, e.g. hospital-a/factory")
+    parser.add_argument("--preset", default="cpu", help="tiny | demo | cpu | gpu")
+    parser.add_argument("--image-size", type=int, default=None, help="resize images to this size (default: native)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), default=None)
+    parser.add_argument("--train-steps", type=int, default=None, help="override the preset's number of steps")
+    parser.add_argument("--flip", choices=("none", "h", "hv"), default=None, help="flip augmentation (default: none)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-dir", default=None, help="local copy of the pipeline, metadata and grid; checkpoints")
+    parser.add_argument("--allow-copies", action="store_true", help="publish even if the privacy audit fails")
+    parser.add_argument("--no-publish", action="store_true", help="train and audit only")
+
+
+def add_aggregate_arguments(parser: argparse.ArgumentParser) -> None:
+    add_endpoint_arguments(parser)
+    parser.add_argument("--manifest", required=True, help="federation manifest (YAML)")
+    parser.add_argument("--output-dir", default=None, help="default: the manifest's output_dir")
+    parser.add_argument("--cache-dir", default=None, help="synthetic chunk cache (default: $FEDERATED_FACTORY_CACHE or ~/.cache/federated_factory)")
+    parser.add_argument("--no-publish", action="store_true", help="do not push the classifier / dataset")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def add_unlearn_arguments(parser: argparse.ArgumentParser) -> None:
+    add_aggregate_arguments(parser)
+    parser.add_argument("--remove", required=True, help="the factory repo (or repo@sha) to remove")
+    parser.add_argument("--reason", default=None)
+    parser.add_argument("--previous-output-dir", default=None, help="output of the aggregation being replaced")
+    parser.add_argument("--manifest-out", default=None, help="where to write the reduced manifest (default: <output-dir>/manifest.yaml)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the from-scratch bit-for-bit check")
+    parser.add_argument("--purge-history", action="store_true",
+                        help="recreate the published repos so no old revision references the removed factory")
+
+
+def _apply_endpoint(args) -> None:
+    from .hub.env import use_endpoint
+
+    use_endpoint(getattr(args, "endpoint", None))
+
+
+def run_train_client(args) -> int:
+    _apply_endpoint(args)
+    from .client import preset, run_client
+    from .data import load_image_dataset
+
+    overrides = {"seed": args.seed}
+    for key in ("train_steps", "flip"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    dataset = load_image_dataset(args.data, split=args.split, image_size=args.image_size, channels=args.channels)
+    first = dataset[0]["image"]
+    overrides.setdefault("image_size", first.size[0])
+    overrides.setdefault("channels", 1 if first.mode == "L" else 3)
+    config = preset(args.preset, **overrides)
+    if args.partition:
+        from .partition import partition_dataset
+
+        if args.client is None:
+            raise FederatedFactoryError("--partition needs --client (which client's share to train on)")
+        partition = partition_dataset(dataset, args.partition, num_clients=args.num_clients, seed=args.partition_seed)
+        dataset = partition.client_dataset(dataset, args.client)
+    classes = args.classes.split(",") if args.classes else None
+    published, metadata = run_client(dataset, args.repo, config, classes=classes, token=args.token,
+                                     output_dir=args.output_dir, allow_copies=args.allow_copies,
+                                     publish=not args.no_publish)
+    audit = metadata["privacy_audit"]
+    print(f"privacy audit: copy rate {audit['copy_rate']:.2%} (limit {audit['max_copy_rate']:.0%})")
+    if published:
+        print(f"published {published}")
+        print("add to the manifest's factories:")
+        print(f"  - repo: {published.repo_id}\n    revision: {published.revision}")
+    return 0
+
+
+def run_aggregate(args) -> int:
+    _apply_endpoint(args)
+    from .aggregator import aggregate
+    from .hub.manifest import load_manifest
+
+    manifest = load_manifest(args.manifest)
+    result = aggregate(manifest, token=args.token, output_dir=args.output_dir, cache_dir=args.cache_dir,
+                       publish=not args.no_publish, progress=not args.no_progress)
+    _print_aggregation(result)
+    return 0
+
+
+def _print_aggregation(result) -> None:
+    if result.evaluation:
+        e = result.evaluation
+        print(f"accuracy {e['accuracy']:.4f}  macro-F1 {e['macro_f1']:.4f}  AUROC {e['auroc']:.4f}  (n={e['n']})")
+    for kind, ref in (result.published or {}).items():
+        print(f"published {kind}: {ref['repo']}@{ref['revision']}")
+    print(f"outputs in {result.output_dir}")
+
+
+def run_unlearn(args) -> int:
+    _apply_endpoint(args)
+    from .hub.manifest import load_manifest
+    from .unlearning import unlearn
+
+    manifest = load_manifest(args.manifest)
+    certificate = unlearn(manifest, args.remove, reason=args.reason, previous_output_dir=args.previous_output_dir,
+                          output_dir=args.output_dir, manifest_out=args.manifest_out, cache_dir=args.cache_dir,
+                          token=args.token, verify_from_scratch=not args.no_verify, publish=not args.no_publish,
+                          purge_history=args.purge_history, progress=not args.no_progress)
+    print(f"removed {certificate['removed']['repo']}@{certificate['removed']['revision']}")
+    print(f"examples from the removed factory: {certificate['examples_from_removed']}; "
+          f"chunks regenerated: {certificate['chunks_regenerated']}; "
+          f"classes removed: {', '.join(certificate['classes_removed']) or 'none'}")
+    print(f"from-scratch check: {certificate['from_scratch_check']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="federated-factory", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="simulate a whole federation on this machine and write a report")
+    from .demo import add_demo_arguments
+
+    add_demo_arguments(demo)
+    demo.set_defaults(func=lambda a: __import__("federated_factory.demo", fromlist=["run_demo_cli"]).run_demo_cli(a))
+
+    p = sub.add_parser("train-client", help="train, audit and publish one client's factory")
+    add_train_client_arguments(p)
+    p.set_defaults(func=run_train_client)
+
+    p = sub.add_parser("aggregate", help="manifest → synthetic dataset → classifier → evaluation → Hub")
+    add_aggregate_arguments(p)
+    p.set_defaults(func=run_aggregate)
+
+    p = sub.add_parser("unlearn", help="remove a factory from a manifest, rebuild and certify")
+    add_unlearn_arguments(p)
+    p.set_defaults(func=run_unlearn)
+
+    p = sub.add_parser("report", help="re-render report.md and plots from a demo's results directory")
+    p.add_argument("results_dir")
+    p.set_defaults(func=lambda a: __import__("federated_factory.report", fromlist=["render_report"]).render_report(a.results_dir) and 0)
+
+    hub = sub.add_parser("hub", help="the Hub-compatible endpoint")
+    hub_sub = hub.add_subparsers(dest="hub_command", required=True)
+    serve = hub_sub.add_parser("serve", help="run the endpoint in the foreground", add_help=False)
+    serve.set_defaults(func=None, passthrough="hub-serve")
+
+    data = sub.add_parser("data", help="data sources and partitions")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    summary = data_sub.add_parser("summary", help="client × class table of a partition", add_help=False)
+    summary.set_defaults(func=None, passthrough="data-summary")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Sub-commands with their own parsers get the rest of the line untouched.
+    if argv[:2] == ["hub", "serve"]:
+        from .hub.server import serve_main
+
+        return serve_main(argv[2:])
+    if argv[:2] == ["data", "summary"]:
+        from .partition import summary_main
+
+        return summary_main(argv[2:])
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FederatedFactoryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""`report.md` and its charts, rendered from a demo's `results.json` (`federated-factory report DIR`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+METHODS = [
+    ("federated_factory", "FederatedFactory"),
+    ("fedavg", "FedAvg"),
+    ("fedprox", "FedProx"),
+    ("centralized", "Centralized"),
+]
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def _comm(results: dict, key: str) -> tuple[float, float]:
+    """(bytes uploaded per client on average, total bytes exchanged) for one method."""
+    if key == "federated_factory":
+        c = results[key]["communication"]
+        uploads = list(c["per_client_upload_bytes"].values())
+        return sum(uploads) / len(uploads), c["total_bytes"]
+    if key == "centralized":
+        return float("nan"), float("nan")
+    c = results[key]["communication"]
+    return c.get("upload_bytes_per_client", float("nan")), c.get("total_bytes", float("nan"))
+
+
+def render_report(results_dir: str | Path) -> Path:
+    """Write ``report.md`` (and the charts derived from ``results.json``) into ``results_dir``."""
+    from .plots import bar_chart
+
+    out = Path(results_dir)
+    results = json.loads((out / "results.json").read_text())
+    cfg = results["config"]
+    central = results["centralized"]["accuracy"]
+
+    bar_chart({label: {m: results[key][m] for m in ("accuracy", "macro_f1", "auroc")} for key, label in METHODS},
+              out / "methods.png", title=f"{cfg['dataset']}, {cfg['partition']} partition: real test set")
+    unlearning = results.get("unlearning")
+    if unlearning and unlearning.get("per_class_recall_before"):
+        before, after = unlearning["per_class_recall_before"], unlearning["per_class_recall_after"]
+        _recall_chart(before, after, out / "unlearning_recall.png")
+
+    lines = [
+        f"# FederatedFactory demo: {cfg['dataset']}, {cfg['partition']} partition",
+        "",
+        f"{results['partition']['num_clients']} hospitals, each publishing a diffusion factory to its own private Hub "
+        f"repo; one aggregator; one round. Machine: {results['machine']['cpu_count']} CPU cores "
+        f"({results['machine']['platform']}), torch {results['machine']['torch']}, CUDA: {results['machine']['cuda']}. "
+        f"Total wall time: **{results['timings']['total_seconds'] / 60:.1f} min**.",
+        "",
+        "## Results on the real test set",
+        "",
+        "| method | accuracy | macro-F1 | AUROC | accuracy vs centralized | uploaded per client | total exchanged | wall time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    stage_time = {
+        "federated_factory": results["timings"]["clients_seconds"] + results["timings"]["aggregation_seconds"],
+        "fedavg": results["timings"]["fedavg_seconds"],
+        "fedprox": results["timings"]["fedprox_seconds"],
+        "centralized": results["timings"]["centralized_seconds"],
+    }
+    for key, label in METHODS:
+        r = results[key]
+        up, total = _comm(results, key)
+        up_s = "—" if up != up else _mb(up)
+        total_s = "— (data pooled)" if total != total else _mb(total)
+        lines.append(f"| {label} | {r['accuracy']:.2%} | {r['macro_f1']:.4f} | {r['auroc']:.4f} | "
+                     f"{r['accuracy'] / central:.1%} | {up_s} | {total_s} | {stage_time[key]:.0f} s |")
+    lines += [
+        "",
+        "![methods](methods.png)",
+        "",
+        f"FederatedFactory trained its classifier on synthetic data only "
+        f"({results['federated_factory']['synthesis']['images_generated']} images generated at "
+        f"{results['federated_factory']['synthesis']['images_per_second']:.0f} images/s, "
+        f"{results['federated_factory']['synthesis']['network_evaluations_per_image']} network evaluations per image). "
+        f"FedAvg and FedProx (mu={results['fedprox']['mu']}) ran {cfg['fl_rounds']} rounds of {cfg['fl_local_epochs']} local "
+        f"epoch(s); their reported round was chosen on the clients' validation slices, never on the test set.",
+        "",
+        "## Partition",
+        "",
+        "![clients x classes](partition_heatmap.png)",
+        "",
+        "```",
+        results["partition"]["table"],
+        "```",
+        "",
+        "## Factories",
+        "",
+        "| hospital | repo@revision | classes | training images/s | train time | privacy copy rate | upload |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in results["clients"]:
+        lines.append(f"| {c['name']} | `{c['repo']}@{c['revision'][:10]}` | {', '.join(c['classes'])} | "
+                     f"{c['train_images_per_second']:.0f} | {c['train_seconds']:.0f} s | {c['privacy_copy_rate']:.1%} "
+                     f"({'pass' if c['privacy_passed'] else 'FAIL'}) | {_mb(c['upload_bytes'])} |")
+    lines += [
+        "",
+        "Synthetic samples (one row per class, what the classifier was trained on):",
+        "",
+        "![synthetic](aggregate/synthetic_samples.png)",
+        "",
+    ]
+    if (out / "real_vs_synthetic.png").exists():
+        lines += ["Real training images (left) next to synthetic ones (right), per class:", "",
+                  "![real vs synthetic](real_vs_synthetic.png)", ""]
+    lines += [
+        "## FederatedFactory confusion matrix",
+        "",
+        "![confusion](aggregate/confusion_matrix.png)",
+        "",
+        "## Wall time per stage",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+    ]
+    for key, value in results["timings"].items():
+        lines.append(f"| {key.replace('_seconds', '').replace('_', ' ')} | {value:.1f} |")
+    if unlearning:
+        lines += [
+            "",
+            f"## Unlearning {unlearning['removed']['repo']}",
+            "",
+            "| check | result |",
+            "|---|---|",
+            f"| removed | `{unlearning['removed']['repo']}@{unlearning['removed']['revision']}` |",
+            f"| manifest hash before → after | `{unlearning['manifest_hash_before'][:16]}` → `{unlearning['manifest_hash_after'][:16]}` |",
+            f"| examples from the removed factory | {unlearning['examples_from_removed']} of {unlearning['examples_total']} |",
+            f"| classes that left the label space | {', '.join(unlearning['classes_removed']) or 'none'} |",
+            f"| synthetic chunks regenerated | {unlearning['chunks_regenerated']} |",
+            f"| from-scratch rebuild of the reduced manifest | {unlearning['from_scratch_check']} |",
+            f"| accuracy before → after (whole test set) | {_pct(unlearning.get('accuracy_before'))} → {_pct(unlearning.get('accuracy_after'))} |",
+            f"| mean recall on the remaining classes before → after | {_pct(unlearning.get('remaining_classes_mean_recall_before'))} → {_pct(unlearning.get('remaining_classes_mean_recall_after'))} |",
+            f"| unlearning wall time vs full aggregation | {unlearning['unlearning_seconds']:.0f} s vs {unlearning.get('full_aggregation_seconds') or float('nan'):.0f} s |",
+            "",
+        ]
+        if (out / "unlearning_recall.png").exists():
+            lines += ["![recall before and after](unlearning_recall.png)", ""]
+    lines += ["All numbers come from `results.json` in this folder; `federated-factory report DIR` re-renders this page.", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{value:.2%}"
+
+
+def _recall_chart(before: dict, after: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(before)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(names) + 2), 3.2))
+    ax.bar(x - 0.2, [before[n] for n in names], 0.4, label="before")
+    ax.bar(x + 0.2, [after.get(n, 0.0) for n in names], 0.4, label="after unlearning")
+    ax.set_xticks(x, names)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("recall")
+    ax.set_title("Per-class recall before and after unlearning")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

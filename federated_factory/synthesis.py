@@ -1,0 +1,331 @@
+"""Pull factories, plan a class-balanced synthetic dataset, generate it (distributed, cached), assemble it.
+
+Determinism. Each (factory, class) pair is an endless, seeded *stream* of images cut into fixed-size
+chunks; chunk ``k`` is generated from its own seed, derived from the manifest's synthesis seed, the
+factory's repo@sha, the class name and ``k``. A shard (factory, class, count) is the first ``count``
+images of its stream. So the same manifest gives the same images whatever the number of processes
+(processes split the chunks, not the randomness), an interrupted run reuses every finished chunk, and a
+rebuild that needs fewer or more images of a stream reuses the chunks it already has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ManifestError
+from .hub.manifest import FactoryEntry, Manifest, SynthesisConfig
+
+#: Files of a factory repo that are downloaded. Nothing else (no code, no pickles) is ever fetched.
+FACTORY_FILES = [
+    "model_index.json",
+    "factory.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "scheduler/scheduler_config.json",
+]
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+@dataclass
+class PulledFactory:
+    repo: str
+    revision: str  # resolved commit sha
+    local_dir: str
+    metadata: dict
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.metadata["classes"])
+
+
+def pull_factories(manifest: Manifest, *, token: str | None = None, cache_dir: str | Path | None = None) -> tuple[list[FactoryEntry], list[PulledFactory]]:
+    """Resolve every factory to a commit sha, check it, and download it (safetensors + JSON only).
+
+    Returns the pinned factory entries (the resolved manifest's) and the pulled factories. Every problem
+    of every factory is collected and raised together as one `ManifestError`, before any compute starts.
+    """
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    api = HfApi(token=token)
+    problems, resolved, pulled = [], [], []
+    for entry in manifest.factories:
+        try:
+            info = api.model_info(entry.repo, revision=entry.revision, files_metadata=False)
+        except (RepositoryNotFoundError, GatedRepoError):
+            problems.append(f"{entry}: repository not found, or this token may not read it")
+            continue
+        except RevisionNotFoundError:
+            problems.append(f"{entry}: revision {entry.revision!r} does not exist")
+            continue
+        except HfHubHTTPError as err:
+            problems.append(f"{entry}: the Hub answered {err.response.status_code}")
+            continue
+        files = {s.rfilename for s in (info.siblings or [])}
+        missing = [f for f in FACTORY_FILES if f not in files]
+        pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
+        if "unet/diffusion_pytorch_model.safetensors" not in files and pickles:
+            problems.append(f"{entry}: weights are pickle-only ({', '.join(pickles)}); only safetensors weights are loaded")
+            continue
+        if missing:
+            problems.append(f"{entry}: not a FederatedFactory factory, missing {', '.join(missing)}")
+            continue
+        local_dir = snapshot_download(
+            entry.repo, revision=info.sha, token=token, allow_patterns=FACTORY_FILES, cache_dir=cache_dir
+        )
+        model_index = json.loads((Path(local_dir) / "model_index.json").read_text())
+        if model_index.get("_class_name") != "FactoryPipeline":
+            problems.append(f"{entry}: pipeline class is {model_index.get('_class_name')!r}, only FactoryPipeline is loaded")
+            continue
+        metadata = json.loads((Path(local_dir) / "factory.json").read_text())
+        outside = [c for c in metadata.get("classes", []) if c not in manifest.label_space]
+        if outside:
+            problems.append(f"{entry}: declares class(es) {outside} outside the label space {manifest.label_space}")
+        resolved.append(FactoryEntry(repo=entry.repo, revision=info.sha))
+        pulled.append(PulledFactory(repo=entry.repo, revision=info.sha, local_dir=str(local_dir), metadata=metadata))
+
+    formats = {(p.metadata.get("image_size"), p.metadata.get("channels")) for p in pulled}
+    if len(formats) > 1:
+        listing = ", ".join(f"{p.repo}: {p.metadata.get('image_size')}px x{p.metadata.get('channels')}" for p in pulled)
+        problems.append(f"factories disagree on image size/channels ({listing})")
+    if problems:
+        raise ManifestError(f"{len(problems)} problem(s) with the manifest's factories:\n" + "\n".join(f"  - {p}" for p in problems))
+    return resolved, pulled
+
+
+# --------------------------------------------------------------------------------------------------
+# Plan
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The first ``count`` images of the stream of ``class_name`` from ``repo@revision``."""
+
+    repo: str
+    revision: str
+    class_name: str
+    count: int
+    stream_seed: int
+
+    def chunks(self, chunk_size: int) -> range:
+        return range((self.count + chunk_size - 1) // chunk_size)
+
+
+@dataclass
+class SynthesisPlan:
+    label_space: list[str]
+    samples_per_class: int
+    shards: list[Shard]
+    missing_classes: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out = {name: 0 for name in self.label_space}
+        for shard in self.shards:
+            out[shard.class_name] += shard.count
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "label_space": self.label_space,
+            "samples_per_class": self.samples_per_class,
+            "missing_classes": self.missing_classes,
+            "shards": [asdict(s) for s in self.shards],
+        }
+
+
+def stream_seed(base_seed: int, repo: str, revision: str, class_name: str) -> int:
+    digest = hashlib.sha256(f"{base_seed}|{repo}@{revision}|{class_name}".encode()).hexdigest()
+    return int(digest[:15], 16)
+
+
+def split_by_counts(total: int, weights: list[int]) -> list[int]:
+    """Split ``total`` in proportion to ``weights`` by largest remainder (ties go to the earlier entry)."""
+    weight_sum = sum(weights)
+    exact = [total * w / weight_sum for w in weights]
+    base = [int(x) for x in exact]
+    order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - base[i]), i))
+    for i in order[: total - sum(base)]:
+        base[i] += 1
+    return base
+
+
+def plan_synthesis(label_space: list[str], factories: list[PulledFactory], synthesis: SynthesisConfig) -> SynthesisPlan:
+    """Give every class of the label space ``samples_per_class`` images, split across the factories that
+    hold it in proportion to their declared training counts. Classes held by nobody are reported."""
+    shards, missing = [], []
+    for name in label_space:
+        holders = [f for f in factories if name in f.classes]
+        if not holders:
+            missing.append(name)
+            continue
+        weights = [max(1, int(f.metadata.get("class_counts", {}).get(name, 1))) for f in holders]
+        for factory, count in zip(holders, split_by_counts(synthesis.samples_per_class, weights)):
+            if count:
+                seed = stream_seed(synthesis.seed, factory.repo, factory.revision, name)
+                shards.append(Shard(factory.repo, factory.revision, name, count, seed))
+    return SynthesisPlan(list(label_space), synthesis.samples_per_class, shards, missing)
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation with a chunk cache
+# --------------------------------------------------------------------------------------------------
+
+
+class ChunkCache:
+    """Generated chunks on disk: ``<root>/<stream key>/chunk-<k>.npy`` (uint8 N×C×H×W), written atomically."""
+
+    def __init__(self, root: str | Path, synthesis: SynthesisConfig):
+        self.root = Path(root)
+        self.synthesis = synthesis
+
+    def stream_key(self, shard: Shard) -> str:
+        s = self.synthesis
+        spec = {
+            "repo": shard.repo,
+            "revision": shard.revision,
+            "class": shard.class_name,
+            "stream_seed": shard.stream_seed,
+            "sampler": s.sampler,
+            "steps": s.num_inference_steps,
+            "guidance": s.guidance_scale,
+            "chunk": s.batch_size,
+        }
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
+
+    def path(self, shard: Shard, chunk: int) -> Path:
+        return self.root / self.stream_key(shard) / f"chunk-{chunk:05d}.npy"
+
+    def has(self, shard: Shard, chunk: int) -> bool:
+        return self.path(shard, chunk).exists()
+
+    def write(self, shard: Shard, chunk: int, images: np.ndarray) -> None:
+        path = self.path(shard, chunk)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as handle:
+            np.save(handle, images)
+        os.replace(tmp, path)
+
+    def read(self, shard: Shard, chunk: int) -> np.ndarray:
+        return np.load(self.path(shard, chunk))
+
+    def shard_images(self, shard: Shard) -> np.ndarray:
+        """The first ``shard.count`` images of the shard's stream (all its chunks must exist)."""
+        chunks = [self.read(shard, k) for k in shard.chunks(self.synthesis.batch_size)]
+        return np.concatenate(chunks)[: shard.count]
+
+
+def chunk_seed(stream: int, chunk: int) -> int:
+    return int(hashlib.sha256(f"{stream}|{chunk}".encode()).hexdigest()[:15], 16)
+
+
+@dataclass
+class SynthesisStats:
+    chunks_total: int = 0
+    chunks_generated: int = 0
+    images_generated: int = 0
+    network_evaluations_per_image: int = 0
+    wall_seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_generated / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "images_per_second": self.images_per_second}
+
+
+def synthesize(plan: SynthesisPlan, factories: list[PulledFactory], cache: ChunkCache, *, accelerator=None, progress: bool = True) -> SynthesisStats:
+    """Generate every chunk of the plan that the cache lacks. Processes take chunks round-robin.
+
+    Returns this process's statistics (chunks generated here, wall time); call on every process.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from .pipeline import FactoryPipeline, make_scheduler
+
+    rank = accelerator.process_index if accelerator else 0
+    world = accelerator.num_processes if accelerator else 1
+    main = accelerator.is_main_process if accelerator else True
+    s = cache.synthesis
+    work = [(shard, k) for shard in plan.shards for k in shard.chunks(s.batch_size)]
+    mine = [item for i, item in enumerate(work) if i % world == rank and not cache.has(*item)]
+
+    stats = SynthesisStats(chunks_total=len(work))
+    stats.network_evaluations_per_image = s.num_inference_steps * (2 if s.guidance_scale != 1.0 else 1)
+    by_repo = {f.repo: f for f in factories}
+    pipelines: dict[str, FactoryPipeline] = {}
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(mine) * s.batch_size, desc=f"synthesis [{rank}]", unit="img", disable=not (progress and main))
+    for shard, k in mine:
+        if shard.repo not in pipelines:
+            pipe = FactoryPipeline.from_pretrained(by_repo[shard.repo].local_dir, use_safetensors=True)
+            pipe.scheduler = make_scheduler(s.sampler, pipe.scheduler.config)
+            pipe.set_progress_bar_config(disable=True)
+            pipelines[shard.repo] = pipe
+        generator = torch.Generator().manual_seed(chunk_seed(shard.stream_seed, k))
+        out = pipelines[shard.repo](
+            shard.class_name,
+            num_images=s.batch_size,
+            num_inference_steps=s.num_inference_steps,
+            guidance_scale=s.guidance_scale,
+            generator=generator,
+            output_type="np",
+        ).images
+        cache.write(shard, k, np.round(out * 255).astype(np.uint8).transpose(0, 3, 1, 2))
+        stats.chunks_generated += 1
+        stats.images_generated += s.batch_size
+        bar.update(s.batch_size)
+    bar.close()
+    stats.wall_seconds = time.perf_counter() - t0
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return stats
+
+
+def assemble_dataset(plan: SynthesisPlan, cache: ChunkCache):
+    """The synthetic `datasets.Dataset`: image, label (ClassLabel = label space), source_repo,
+    source_revision, seed (the stream seed), index (position in its stream). Rows follow the plan."""
+    from datasets import ClassLabel, Dataset, Features, Image, Value
+    from PIL import Image as PILImage
+
+    columns = {"image": [], "label": [], "source_repo": [], "source_revision": [], "seed": [], "index": []}
+    for shard in plan.shards:
+        images = cache.shard_images(shard)
+        label = plan.label_space.index(shard.class_name)
+        for i, pixels in enumerate(images):
+            buffer = io.BytesIO()
+            array = pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
+            PILImage.fromarray(array).save(buffer, format="PNG")
+            columns["image"].append({"bytes": buffer.getvalue(), "path": None})
+            columns["label"].append(label)
+            columns["source_repo"].append(shard.repo)
+            columns["source_revision"].append(shard.revision)
+            columns["seed"].append(shard.stream_seed)
+            columns["index"].append(i)
+    features = Features(
+        {
+            "image": Image(),
+            "label": ClassLabel(names=plan.label_space),
+            "source_repo": Value("string"),
+            "source_revision": Value("string"),
+            "seed": Value("int64"),
+            "index": Value("int64"),
+        }
+    )
+    return Dataset.from_dict(columns, features=features)
+
+
+def check_label_space(manifest: Manifest) -> None:
+    if not manifest.label_space:
+        raise ManifestError("the manifest's label space is empty")
