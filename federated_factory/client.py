@@ -36,7 +36,7 @@ class FactoryConfig:
     norm_num_groups: int = 8
     beta_schedule: str = "squaredcos_cap_v2"
     num_train_timesteps: int = 1000
-    prediction_type: str = "epsilon"  # or "v_prediction"
+    prediction_type: str = "v_prediction"  # or "epsilon" (v gives far cleaner samples at small budgets)
     train_steps: int = 1000
     batch_size: int = 64
     lr: float = 2e-3
@@ -45,7 +45,7 @@ class FactoryConfig:
     ema_decay: float = 0.995
     flip: str = "none"  # "none", "h" (horizontal) or "hv" (horizontal and vertical), where the data allows it
     cfg_dropout: float = 0.0  # > 0 trains a null class for classifier-free guidance
-    mixed_precision: str = "no"  # "no", "bf16" or "fp16" (fp16 on GPU only)
+    mixed_precision: str = "no"  # "no" or "bf16" (autocast on CPU with AMX/AVX-512-BF16, and on GPU)
     audit_holdout_fraction: float = 0.1  # client images kept out of training for the privacy audit
     seed: int = 0
     checkpoint_every: int = 0  # steps; 0 = no intermediate checkpoints
@@ -72,7 +72,9 @@ class FactoryConfig:
 PRESETS: dict[str, FactoryConfig] = {
     "tiny": FactoryConfig(block_out_channels=(16, 32), train_steps=30, batch_size=16, warmup_steps=5, lr=2e-3),
     "demo": FactoryConfig(block_out_channels=(16, 32, 64), train_steps=450, batch_size=64, warmup_steps=50),
-    "cpu": FactoryConfig(block_out_channels=(32, 64, 64), train_steps=1500, batch_size=64, warmup_steps=100),
+    "cpu": FactoryConfig(
+        block_out_channels=(32, 64, 64), train_steps=1500, batch_size=64, warmup_steps=100, mixed_precision="bf16"
+    ),
     "gpu": FactoryConfig(
         block_out_channels=(64, 128, 256),
         layers_per_block=2,
@@ -267,8 +269,12 @@ def train_factory(
         raise FactoryError(f"flip must be 'none', 'h' or 'hv', got {config.flip!r}")
     if len(data.train_images) == 0:
         raise FactoryError("the client has no training images left after the audit hold-out")
-    accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+    if config.mixed_precision not in ("no", "bf16"):
+        raise FactoryError(f"mixed_precision must be 'no' or 'bf16', got {config.mixed_precision!r}")
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     device = accelerator.device
+    # Denormal floats (tiny Adam moments, EMA updates) slow CPU kernels down by orders of magnitude.
+    torch.set_flush_denormal(True)
     torch.manual_seed(config.seed)
     num_classes = len(data.class_names)
     unet = build_unet(config, num_classes)
@@ -321,7 +327,7 @@ def train_factory(
         s = (1 - alphas_cumprod[t]).sqrt()[:, None, None, None]
         noisy = a * x0 + s * noise
         target = noise if config.prediction_type == "epsilon" else a * noise - s * x0
-        with accelerator.autocast():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.mixed_precision == "bf16"):
             pred = unet(noisy, t, class_labels=y).sample
         loss = F.mse_loss(pred.float(), target)
         optimizer.zero_grad(set_to_none=True)

@@ -134,6 +134,7 @@ def run_demo(config: DemoConfig) -> dict:
     out.mkdir(parents=True)
     port = free_port()
     use_endpoint(f"http://127.0.0.1:{port}")
+    _quiet_library_progress_bars()
     os.environ.setdefault("FEDERATED_FACTORY_CACHE", str(out / "cache"))
 
     from .hub.server import HubServer
@@ -153,6 +154,17 @@ def run_demo(config: DemoConfig) -> dict:
 
     render_report(out)
     return results
+
+
+def _quiet_library_progress_bars() -> None:
+    """The demo draws its own bars; the libraries' per-file download/load/save bars would drown them."""
+    import datasets
+    import diffusers
+    import huggingface_hub
+
+    huggingface_hub.utils.disable_progress_bars()
+    datasets.disable_progress_bars()
+    diffusers.utils.logging.disable_progress_bar()
 
 
 def _write_results(out: Path, results: dict) -> None:
@@ -265,6 +277,7 @@ def _run_stages(config: DemoConfig, out: Path, server, timings: dict) -> dict:
     aggregation = aggregate(manifest, token=fed.aggregator_token, accelerator=accelerator,
                             output_dir=out / "aggregate", cache_dir=out / "cache", progress=progress)
     timings["aggregation_seconds"] = time.perf_counter() - t0
+    _real_vs_synthetic(train, out / "aggregate" / "synthetic", out / "real_vs_synthetic.png")
     download_bytes = sum(c["upload_bytes"] for c in clients)
 
     # ---- baselines ---------------------------------------------------------------------------
@@ -323,6 +336,30 @@ def _run_stages(config: DemoConfig, out: Path, server, timings: dict) -> dict:
         "fedprox": {**_strip(fedprox), "mu": config.fedprox_mu},
         "unlearning": unlearning,
     }
+
+
+def _real_vs_synthetic(train, synthetic_dir: Path, path: Path, per_side: int = 8) -> None:
+    """One row per class: real training images (left) next to synthetic ones (right)."""
+    from datasets import load_from_disk
+
+    from .plots import image_grid
+    from .tensors import images_to_uint8
+
+    synthetic = load_from_disk(str(synthetic_dir))
+    channels = 1 if train[0]["image"].mode == "L" else 3
+    real_labels, synth_labels = np.asarray(train["label"]), np.asarray(synthetic["label"])
+    names, synth_names = train.features["label"].names, synthetic.features["label"].names
+    rows = []
+    for name in names:
+        real = images_to_uint8(train.select(np.flatnonzero(real_labels == names.index(name))[:per_side])["image"], channels)
+        if name in synth_names and (synth_labels == synth_names.index(name)).any():
+            idx = np.flatnonzero(synth_labels == synth_names.index(name))[:per_side]
+            fake = images_to_uint8(synthetic.select(idx)["image"], channels)
+        else:
+            fake = np.zeros((0, *real.shape[1:]), np.uint8)
+        gap = np.full((1, *real.shape[1:]), 255, np.uint8)
+        rows.append(np.concatenate([real, gap, fake]))
+    image_grid(rows, scale=3).save(path)
 
 
 def _strip(result: dict) -> dict:

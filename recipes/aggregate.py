@@ -11,8 +11,6 @@ with DDP; the dataset is the same whatever the number of processes.
 import argparse
 import sys
 
-from accelerate import Accelerator
-
 from federated_factory.cli import _print_aggregation, add_aggregate_arguments
 from federated_factory.errors import FederatedFactoryError
 from federated_factory.hub.env import use_endpoint
@@ -22,12 +20,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_aggregate_arguments(parser)
     args = parser.parse_args()
-    use_endpoint(args.endpoint)
+    use_endpoint(args.endpoint)  # before any HF library is imported
+
+    import torch
+    from accelerate import Accelerator
 
     from federated_factory.aggregator import aggregate
     from federated_factory.hub.manifest import load_manifest
 
-    accelerator = Accelerator()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # CPU-only: gloo DDP under torchrun
     try:
         manifest = load_manifest(args.manifest)
         result = aggregate(manifest, token=args.token, accelerator=accelerator, output_dir=args.output_dir,

@@ -9,8 +9,6 @@ No client takes part: the remaining factories' cached synthetic chunks are reuse
 import argparse
 import sys
 
-from accelerate import Accelerator
-
 from federated_factory.cli import add_unlearn_arguments
 from federated_factory.errors import FederatedFactoryError
 from federated_factory.hub.env import use_endpoint
@@ -20,12 +18,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_unlearn_arguments(parser)
     args = parser.parse_args()
-    use_endpoint(args.endpoint)
+    use_endpoint(args.endpoint)  # before any HF library is imported
+
+    import torch
+    from accelerate import Accelerator
 
     from federated_factory.hub.manifest import load_manifest
     from federated_factory.unlearning import unlearn
 
-    accelerator = Accelerator()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # CPU-only: gloo DDP under torchrun
     try:
         certificate = unlearn(load_manifest(args.manifest), args.remove, reason=args.reason,
                               previous_output_dir=args.previous_output_dir, output_dir=args.output_dir,

@@ -1,0 +1,353 @@
+"""Aggregator, synthesis, manifest and unlearning, end to end through the project's Hub endpoint.
+
+Three tiny factories are published by three hospitals: A holds digits 0 and 1, B holds 1 and 2 (so class
+1 is split between A and B by their declared counts), C holds 3 alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from federated_factory.errors import ManifestError, UnlearningError
+from federated_factory.hub.manifest import FactoryEntry, Manifest, SynthesisConfig, load_manifest, parse_manifest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LABELS = ["0", "1", "2", "3"]
+
+
+def _subset(dataset, digits, per_class):
+    labels = np.asarray(dataset["label"])
+    rows = np.concatenate([np.flatnonzero(labels == d)[:per_class] for d in digits])
+    return dataset.select(np.sort(rows))
+
+
+@pytest.fixture(scope="module")
+def federation(hub, tmp_path_factory):
+    """Publish factories A, B, C (tiny preset) and return their refs, tokens and a base manifest."""
+    from federated_factory.client import preset, run_client
+    from federated_factory.data import load_image_dataset
+
+    train = load_image_dataset("mnist-5k", image_size=16, channels=1)
+    config = preset("tiny", image_size=16, channels=1, train_steps=20)
+    owners = {"A": "fed-alpha", "B": "fed-beta", "C": "fed-gamma"}
+    tokens = {name: hub.add_user(user) for name, user in owners.items()}
+    aggregator_token = hub.add_user("fed-aggregator")
+    for name, user in owners.items():  # each hospital's org lets the aggregator read its private repo
+        hub.server.set_org(f"{user}-org", [user, "fed-aggregator"])
+    holdings = {"A": ([0, 1], {0: 60, 1: 90}), "B": ([1, 2], {1: 30, 2: 60}), "C": ([3], {3: 60})}
+    refs = {}
+    for name, (digits, counts) in holdings.items():
+        labels = np.asarray(train["label"])
+        rows = np.concatenate([np.flatnonzero(labels == d)[: counts[d]] for d in digits])
+        repo = f"{owners[name]}-org/factory"
+        published, _ = run_client(train.select(np.sort(rows)), repo, config, token=tokens[name],
+                                  audit_samples_per_class=4, progress=False)
+        refs[name] = published
+    manifest = Manifest(
+        federation="test-federation",
+        label_space=list(LABELS),
+        factories=[FactoryEntry(refs[n].repo_id, refs[n].revision) for n in "ABC"],
+        synthesis=SynthesisConfig(samples_per_class=24, sampler="ddim", num_inference_steps=3, batch_size=8, seed=0),
+        classifier={"epochs": 2, "batch_size": 32, "val_fraction": 0.2, "seed": 0},
+        evaluation={"dataset": "mnist-5k", "split": "test", "image_size": 16, "channels": 1},
+        output_dir=str(tmp_path_factory.mktemp("agg")),
+        publish={"classifier_repo": "fed-aggregator/classifier", "dataset_repo": "fed-aggregator/synthetic", "private": True},
+    )
+    return {"refs": refs, "manifest": manifest, "token": aggregator_token, "tokens": tokens, "owners": owners}
+
+
+# ---- manifest --------------------------------------------------------------------------------------
+
+
+def test_manifest_reports_every_problem_at_once():
+    bad = {
+        "label_space": ["a", "a"],
+        "factories": [{"repo": "not a repo"}, "org/x@abc", {"repo": "org/x"}],
+        "synthesis": {"sampler": "euler", "samples_per_class": 0},
+        "colour": "blue",
+    }
+    with pytest.raises(ManifestError) as err:
+        parse_manifest(bad)
+    message = str(err.value)
+    for expected in ("duplicate class names", "not a valid repo id", "listed twice", "euler", "samples_per_class", "colour"):
+        assert expected in message
+
+
+def test_empty_manifest_is_refused(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump({"label_space": ["0"], "factories": []}))
+    with pytest.raises(ManifestError, match="no factories"):
+        load_manifest(path)
+
+
+def test_manifest_round_trips_through_yaml(tmp_path, federation):
+    path = federation["manifest"].save(tmp_path / "m.yaml")
+    again = load_manifest(path)
+    assert again.to_dict() == federation["manifest"].to_dict()
+    assert again.content_hash() == federation["manifest"].content_hash()
+
+
+# ---- plan ------------------------------------------------------------------------------------------
+
+
+def test_plan_balances_classes_and_splits_shared_class_by_declared_counts(federation):
+    from federated_factory.synthesis import plan_synthesis, pull_factories
+
+    manifest = federation["manifest"]
+    manifest_with_extra_class = Manifest(**{**manifest.__dict__, "label_space": LABELS + ["9"]})
+    _, factories = pull_factories(manifest_with_extra_class, token=federation["token"])
+    plan = plan_synthesis(manifest_with_extra_class.label_space, factories, manifest.synthesis)
+    counts = plan.counts()
+    assert all(counts[c] == 24 for c in LABELS)
+    assert plan.missing_classes == ["9"] and counts["9"] == 0
+    shared = {s.repo: s.count for s in plan.shards if s.class_name == "1"}
+    a, b = federation["refs"]["A"].repo_id, federation["refs"]["B"].repo_id
+    # A declared 81 training images of "1" and B 27 (90 and 30 minus the 10% audit hold-out): 3 to 1.
+    assert shared == {a: 18, b: 6}
+    assert len({s.stream_seed for s in plan.shards}) == len(plan.shards)
+
+
+def test_branch_name_is_resolved_and_pinned(federation, tmp_path):
+    from federated_factory.synthesis import pull_factories
+
+    manifest = federation["manifest"]
+    unpinned = Manifest(**{**manifest.__dict__, "factories": [FactoryEntry(f.repo, "main") for f in manifest.factories]})
+    resolved, _ = pull_factories(unpinned, token=federation["token"])
+    assert [f.revision for f in resolved] == [f.revision for f in manifest.factories]
+    assert all(f.pinned for f in resolved)
+
+
+# ---- bad input, all before compute ------------------------------------------------------------------
+
+
+def _copy_factory_to(hub, federation, source_name: str, repo: str, token: str, edit=None, drop=(), add=None):
+    """Re-upload a published factory's files to ``repo`` with edits (for the bad-input tests)."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    src = federation["refs"][source_name]
+    local = Path(snapshot_download(src.repo_id, revision=src.revision, token=federation["tokens"][source_name]))
+    api = HfApi(token=token)
+    api.create_repo(repo, private=True, exist_ok=True)
+    from huggingface_hub import CommitOperationAdd
+
+    ops = []
+    for path in local.rglob("*"):
+        rel = path.relative_to(local).as_posix()
+        if path.is_file() and rel not in drop:
+            data = path.read_bytes()
+            if edit and rel in edit:
+                data = edit[rel](data)
+            ops.append(CommitOperationAdd(rel, data))
+    for rel, data in (add or {}).items():
+        ops.append(CommitOperationAdd(rel, data))
+    return api.create_commit(repo, operations=ops, commit_message="copy").oid
+
+
+def test_bad_factories_are_all_reported_before_any_compute(hub, federation, tmp_path):
+    from federated_factory.aggregator import aggregate
+
+    mallory = hub.add_user("fed-mallory")
+    hub.server.set_org("fed-mallory-org", ["fed-mallory", "fed-aggregator"])
+    pickled = _copy_factory_to(hub, federation, "C", "fed-mallory-org/pickled", mallory,
+                               drop=("unet/diffusion_pytorch_model.safetensors",),
+                               add={"unet/diffusion_pytorch_model.bin": b"not really a pickle"})
+    resized = _copy_factory_to(hub, federation, "C", "fed-mallory-org/resized", mallory,
+                               edit={"factory.json": lambda b: json.dumps({**json.loads(b), "image_size": 32}).encode()})
+    alien = _copy_factory_to(hub, federation, "C", "fed-mallory-org/alien", mallory,
+                             edit={"factory.json": lambda b: json.dumps({**json.loads(b), "classes": ["7"]}).encode()})
+    hub.api("fed-mallory").create_repo("fed-mallory/secret", private=True)  # the aggregator may not read it
+    manifest = Manifest(**{**federation["manifest"].__dict__, "factories": [
+        FactoryEntry(federation["refs"]["A"].repo_id, federation["refs"]["A"].revision),
+        FactoryEntry("fed-mallory-org/pickled", pickled),
+        FactoryEntry("fed-mallory-org/resized", resized),
+        FactoryEntry("fed-mallory-org/alien", alien),
+        FactoryEntry("fed-mallory/secret", "main"),
+        FactoryEntry("fed-nobody/missing", "main"),
+    ], "output_dir": str(tmp_path / "out")})
+    with pytest.raises(ManifestError) as err:
+        aggregate(manifest, token=federation["token"], cache_dir=tmp_path / "cache", publish=False, progress=False)
+    message = str(err.value)
+    assert "fed-mallory-org/pickled" in message and "pickle-only" in message
+    assert "fed-mallory-org/alien" in message and "outside the label space" in message
+    assert "image size" in message and "fed-mallory-org/resized" in message
+    assert "fed-mallory/secret" in message and "fed-nobody/missing" in message
+    assert not (tmp_path / "cache").exists(), "no synthesis may start when the manifest has problems"
+
+
+# ---- synthesis: determinism, processes, cache ------------------------------------------------------
+
+
+def _dataset_rows(path):
+    from datasets import load_from_disk
+
+    ds = load_from_disk(str(path))
+    return [(r["image"].tobytes(), r["label"], r["source_repo"], r["source_revision"], r["seed"], r["index"]) for r in ds]
+
+
+@pytest.fixture(scope="module")
+def single_process_run(federation, tmp_path_factory):
+    from federated_factory.aggregator import aggregate
+
+    out = tmp_path_factory.mktemp("single")
+    result = aggregate(federation["manifest"], token=federation["token"], output_dir=out / "out",
+                       cache_dir=out / "cache", progress=False)
+    return result, out
+
+
+def test_aggregation_produces_dataset_classifier_evaluation_and_cards(hub, federation, single_process_run):
+    from datasets import load_dataset
+    from huggingface_hub import ModelCard, hf_hub_download
+
+    result, _ = single_process_run
+    out = result.output_dir
+    for name in ("manifest.resolved.yaml", "results.json", "synthetic_samples.png", "confusion_matrix.png",
+                 "classifier/model.safetensors", "classifier/config.json"):
+        assert (out / name).exists(), name
+    assert set(result.evaluation) >= {"accuracy", "macro_f1", "auroc", "per_class_recall", "confusion_matrix"}
+    token = federation["token"]
+    classifier = result.published["classifier"]
+    card = ModelCard.load(classifier["repo"], token=token)
+    for factory in result.manifest.factories:
+        assert f"{factory.repo}@{factory.revision}" in card.content
+    assert card.data.to_dict()["model-index"][0]["results"][0]["metrics"][0]["value"] == pytest.approx(result.evaluation["accuracy"])
+    dataset_ref = result.published["dataset"]
+    assert f"{dataset_ref['repo']}@{dataset_ref['revision']}" in card.content
+    pulled = load_dataset(dataset_ref["repo"], revision=dataset_ref["revision"], token=token, split="train")
+    assert len(pulled) == 24 * len(LABELS)
+    assert set(pulled["source_repo"]) == {f.repo for f in result.manifest.factories}
+    config = json.loads(Path(hf_hub_download(classifier["repo"], "config.json", token=token)).read_text())
+    assert config["label_names"] == LABELS
+
+
+def test_two_processes_give_the_identical_dataset(federation, single_process_run, tmp_path):
+    _, single_dir = single_process_run
+    manifest_path = federation["manifest"].save(tmp_path / "manifest.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # On a CPU-only machine accelerate's `--cpu` launcher starts several processes only through mpirun;
+    # `--multi_gpu` launches through torchrun and the recipe falls back to CPU DDP (gloo) without a GPU.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(REPO_ROOT / "recipes" / "aggregate.py"), "--manifest", str(manifest_path),
+           "--endpoint", os.environ["HF_ENDPOINT"], "--token", federation["token"],
+           "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--no-publish", "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert federation["token"] not in proc.stdout + proc.stderr
+    assert _dataset_rows(tmp_path / "out" / "synthetic") == _dataset_rows(single_dir / "out" / "synthetic")
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["synthesis"]["processes"] == 2
+    assert results["evaluation"]["accuracy"] >= 0
+
+
+def test_interrupted_synthesis_resumes_from_cached_chunks(federation, tmp_path):
+    from federated_factory.synthesis import ChunkCache, assemble_dataset, plan_synthesis, pull_factories, synthesize
+
+    manifest = federation["manifest"]
+    _, factories = pull_factories(manifest, token=federation["token"])
+    plan = plan_synthesis(manifest.label_space, factories, manifest.synthesis)
+    cache = ChunkCache(tmp_path / "chunks", manifest.synthesis)
+    first = synthesize(plan, factories, cache, progress=False)
+    reference = assemble_dataset(plan, cache)
+    chunk_files = sorted((tmp_path / "chunks").rglob("chunk-*.npy"))
+    assert first.chunks_generated == len(chunk_files) == first.chunks_total
+    for path in chunk_files[::3]:  # an "interrupted" run: a third of the chunks never got written
+        path.unlink()
+    (chunk_files[1].parent / ".chunk-99999.npy.123.tmp").write_bytes(b"half-written")  # leftovers are ignored
+    second = synthesize(plan, factories, cache, progress=False)
+    assert second.chunks_generated == len(chunk_files[::3])
+    assert assemble_dataset(plan, cache)["image"] == reference["image"]
+    third = synthesize(plan, factories, cache, progress=False)
+    assert third.chunks_generated == 0
+
+
+# ---- unlearning ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def unlearned(hub, federation, single_process_run, tmp_path_factory):
+    from federated_factory.unlearning import unlearn
+
+    result, single_dir = single_process_run
+    out = tmp_path_factory.mktemp("unlearned")
+    certificate = unlearn(result.manifest, federation["refs"]["C"].repo_id, reason="test: hospital C leaves",
+                          previous_output_dir=result.output_dir, output_dir=out / "out", cache_dir=single_dir / "cache",
+                          token=federation["token"], verify_from_scratch=True, purge_history=True, progress=False)
+    return certificate, out
+
+
+def test_unlearning_removes_every_example_of_the_client(unlearned, federation):
+    from datasets import load_from_disk
+
+    certificate, out = unlearned
+    removed = federation["refs"]["C"].repo_id
+    dataset = load_from_disk(str(out / "out" / "synthetic"))
+    assert removed not in set(dataset["source_repo"])
+    assert certificate["examples_from_removed"] == 0
+    assert certificate["removed"] == {"repo": removed, "revision": federation["refs"]["C"].revision}
+    assert certificate["manifest_hash_before"] != certificate["manifest_hash_after"]
+    assert removed not in [f["repo"] for f in certificate["manifest_after"]["factories"]]
+
+
+def test_unlearning_reuses_cache_and_matches_a_from_scratch_aggregation_bit_for_bit(unlearned):
+    certificate, _ = unlearned
+    assert certificate["chunks_regenerated"] == 0
+    assert certificate["from_scratch"]["identical"] is True
+    assert certificate["from_scratch"]["classifier_weights_sha256"] == certificate["classifier_weights_sha256"]
+
+
+def test_class_held_only_by_removed_client_leaves_the_label_space(unlearned):
+    certificate, out = unlearned
+    assert certificate["classes_removed"] == ["3"]
+    assert certificate["manifest_after"]["label_space"] == ["0", "1", "2"]
+    config = json.loads((out / "out" / "classifier" / "config.json").read_text())
+    assert config["label_names"] == ["0", "1", "2"]
+    assert certificate["per_class_recall_after"]["3"] == 0.0
+
+
+def test_purge_history_leaves_no_revision_that_references_the_removed_repo(hub, unlearned, federation):
+    """After --purge-history no revision of the published repos lists the removed factory as a source: not
+    in the card's provenance metadata, not in any dataset row. (The new card's unlearning record still names
+    the removed repo@sha, by design: it is the audit trail of the removal.)"""
+    import pandas as pd
+    from huggingface_hub import HfApi, hf_hub_download
+
+    certificate, _ = unlearned
+    removed = federation["refs"]["C"].repo_id
+    token = federation["token"]
+    api = HfApi(token=token)
+    for repo, repo_type in ((certificate["published"]["classifier"]["repo"], "model"),
+                            (certificate["published"]["dataset"]["repo"], "dataset")):
+        commits = api.list_repo_commits(repo, repo_type=repo_type)
+        assert len(commits) == 2  # the repo's initial commit and the one new revision
+        for commit in commits:
+            files = api.list_repo_files(repo, repo_type=repo_type, revision=commit.commit_id)
+            if "README.md" in files:
+                text = Path(hf_hub_download(repo, "README.md", repo_type=repo_type, revision=commit.commit_id,
+                                            token=token)).read_text()
+                metadata = yaml.safe_load(text.split("---")[1])
+                assert not any(f.startswith(f"{removed}@") for f in metadata["federated_factory"]["factories"])
+            for name in files:
+                if name.endswith(".parquet"):
+                    rows = pd.read_parquet(hf_hub_download(repo, name, repo_type=repo_type, revision=commit.commit_id,
+                                                           token=token))
+                    assert removed not in set(rows["source_repo"])
+
+
+def test_unlearning_an_unknown_or_last_factory_changes_nothing(federation, tmp_path):
+    from federated_factory.unlearning import unlearn
+
+    manifest = federation["manifest"]
+    with pytest.raises(UnlearningError, match="not in the manifest"):
+        unlearn(manifest, "fed-nobody/factory", output_dir=tmp_path / "a", token=federation["token"], progress=False)
+    only = Manifest(**{**manifest.__dict__, "factories": manifest.factories[:1]})
+    with pytest.raises(UnlearningError, match="last factory"):
+        unlearn(only, manifest.factories[0].repo, output_dir=tmp_path / "b", token=federation["token"], progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
