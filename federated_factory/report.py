@@ -26,7 +26,7 @@ def _comm(results: dict, key: str) -> tuple[float, float]:
     if key == "centralized":
         return float("nan"), float("nan")
     c = results[key]["communication"]
-    return c.get("upload_bytes_per_client", float("nan")), c.get("total_bytes", float("nan"))
+    return c.get("uploaded_bytes_per_client", float("nan")), c.get("total_bytes", float("nan"))
 
 
 def render_report(results_dir: str | Path) -> Path:

@@ -1,0 +1,74 @@
+"""The main job end to end at the `tiny` preset: every report artefact exists, every number is the run's own.
+
+The demo starts its own Hub endpoint, and huggingface_hub fixes its endpoint per process, so the demo
+runs in a subprocess, through the console script's code path (`python -m federated_factory.cli demo`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "demo_output"
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_ENDPOINT", "HF_TOKEN")}
+    cmd = [sys.executable, "-m", "federated_factory.cli", "demo", "--preset", "tiny", "--samples-per-class", "12",
+           "--num-inference-steps", "3", "--classifier-epochs", "1", "--fl-rounds", "2", "--output-dir", str(out),
+           "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return out, json.loads((out / "results.json").read_text()), proc.stdout + proc.stderr
+
+
+def test_demo_writes_every_report_artefact(demo_run):
+    out, results, log = demo_run
+    for name in ("report.md", "results.json", "methods.png", "partition_heatmap.png", "real_vs_synthetic.png",
+                 "unlearning_recall.png", "manifest.yaml", "aggregate/confusion_matrix.png",
+                 "aggregate/synthetic_samples.png", "aggregate/results.json", "unlearned/unlearning_certificate.json"):
+        assert (out / name).exists(), name
+    report = (out / "report.md").read_text()
+    for picture in ("methods.png", "partition_heatmap.png", "aggregate/confusion_matrix.png", "unlearning_recall.png"):
+        assert f"]({picture})" in report
+    for method in ("FederatedFactory", "FedAvg", "FedProx", "Centralized"):
+        assert method in report
+    assert "vs central" in log  # the final summary table on the terminal
+
+
+def test_demo_numbers_are_derived_from_the_run(demo_run):
+    out, results, _ = demo_run
+    n_test = results["dataset"]["test"]["num_rows"]
+    for key in ("federated_factory", "fedavg", "fedprox", "centralized"):
+        cm = np.asarray(results[key]["confusion_matrix"])
+        assert cm.sum() == n_test
+        assert results[key]["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    # The partition table is the real one: silos, every client holds all training images of one class.
+    counts = np.asarray(results["partition"]["counts"])
+    assert counts.sum() == results["dataset"]["train"]["num_rows"]
+    assert ((counts > 0).sum(axis=1) == 1).all()
+    # Communication: FederatedFactory uploads each pipeline once; the aggregator downloads each once.
+    ff = results["federated_factory"]["communication"]
+    for client in results["clients"]:
+        pipeline_dir = out / "clients" / client["name"] / "pipeline"
+        size = sum(p.stat().st_size for p in pipeline_dir.rglob("*") if p.is_file())
+        assert ff["per_client_upload_bytes"][client["name"]] == size
+    assert ff["aggregator_download_bytes"] == sum(ff["per_client_upload_bytes"].values())
+    fedavg = results["fedavg"]["communication"]
+    assert fedavg["total_bytes"] == 2 * results["config"]["fl_rounds"] * len(results["clients"]) * fedavg["model_bytes"]
+    # The manifest pins the factories that were published, and the unlearning removed one of them.
+    pinned = {f["repo"]: f["revision"] for f in results["manifest"]["factories"]}
+    assert pinned == {c["repo"]: c["revision"] for c in results["clients"]}
+    unlearning = results["unlearning"]
+    assert unlearning["removed"]["repo"] == results["clients"][-1]["repo"]
+    assert unlearning["examples_from_removed"] == 0
+    assert unlearning["from_scratch"]["identical"] is True
+    timings = results["timings"]
+    assert all(v > 0 for v in timings.values())
+    assert timings["total_seconds"] >= timings["clients_seconds"] + timings["aggregation_seconds"]
