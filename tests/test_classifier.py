@@ -1,0 +1,319 @@
+"""Behaviour of the aggregator's classifier: training, determinism, selection, metrics, save/load."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import datasets
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn as nn
+from PIL import Image
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
+
+from federated_factory import classifier as clf
+from federated_factory.classifier import (
+    ClassifierConfig,
+    build_classifier,
+    evaluate_classifier,
+    load_classifier,
+    predict_logits,
+    save_classifier,
+    train_classifier,
+)
+from federated_factory.metrics import load_metric
+
+SIZE = 12
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """These models are tiny: one thread is as fast, and it avoids OpenMP spin-wait stalls (10× slower
+    runs measured) when other processes share the 2 cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def pattern_image(c: int, rng: np.random.Generator, size: int = SIZE, rgb: bool = False) -> Image.Image:
+    """Noise plus a bright class-dependent shape: 0 = left bar, 1 = top bar, 2 = centre square, 3 = diagonal."""
+    a = rng.uniform(0, 60, (size, size))
+    t = size // 3
+    if c == 0:
+        a[:, :t] += 180
+    elif c == 1:
+        a[:t, :] += 180
+    elif c == 2:
+        a[t : 2 * t, t : 2 * t] += 180
+    else:
+        idx = np.arange(size)
+        a[idx, idx] += 180
+        a[idx[1:], idx[:-1]] += 180
+    img = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
+    return img.convert("RGB") if rgb else img
+
+
+def pattern_dataset(n_per_class: int, classes=(0, 1, 2), seed: int = 0, names=None, rgb: bool = False):
+    names = names or [f"c{i}" for i in range(max(classes) + 1)]
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for c in classes:
+        for _ in range(n_per_class):
+            images.append(pattern_image(c, rng, rgb=rgb))
+            labels.append(c)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+FAST = dict(epochs=6, batch_size=8, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    train = pattern_dataset(40, seed=0)
+    result = train_classifier(train, ClassifierConfig(**FAST, seed=0), progress=False)
+    return result
+
+
+def test_training_learns_separable_patterns(trained):
+    test = pattern_dataset(20, seed=1)
+    metrics = evaluate_classifier(trained.model, test, trained.label_names)
+    assert metrics["accuracy"] >= 0.9  # chance is 1/3
+    assert metrics["n"] == 60
+    assert trained.num_val == 12 and trained.num_train == 108  # 10% of each class held out
+    assert len(trained.history) == FAST["epochs"]
+    assert trained.wall_time_s > 0 and trained.images_per_s > 0
+
+
+def test_same_seed_gives_bit_identical_weights_other_seed_differs(trained):
+    train = pattern_dataset(40, seed=0)
+    again = train_classifier(train, ClassifierConfig(**FAST, seed=0), progress=False)
+    other = train_classifier(train, ClassifierConfig(**FAST, seed=1), progress=False)
+    a, b, c = (r.model.state_dict() for r in (trained, again, other))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+    assert trained.history == [dict(h, seconds=h0["seconds"]) for h, h0 in zip(again.history, trained.history)]
+
+
+def test_training_does_not_disturb_callers_global_rng(trained):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    config = ClassifierConfig(epochs=1, batch_size=8, val_fraction=0.0)
+    train_classifier(pattern_dataset(8, seed=0), config, progress=False)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_model_selection_uses_the_validation_split():
+    train = pattern_dataset(40, seed=0)
+    # a validation set whose labels are rotated: the better the model learns, the worse it scores here,
+    # so the selected epoch must be an early one, and the returned weights must be that epoch's
+    val = pattern_dataset(10, seed=2)
+    val = val.map(lambda ex: {"label": (ex["label"] + 1) % 3})
+    result = train_classifier(train, ClassifierConfig(**FAST, seed=0), val_ds=val, progress=False)
+    accs = [h["val_accuracy"] for h in result.history]
+    best = max(accs)
+    assert result.best_epoch == max(i + 1 for i, a in enumerate(accs) if a == best)  # ties → later epoch
+    assert result.best_val_accuracy == best
+    x, y = clf.dataset_to_tensors(val, 1)
+    assert clf.accuracy_on(result.model, x, y) == pytest.approx(best)
+    assert result.num_val == len(val) and result.num_train == len(train)  # val_ds given: nothing held out
+
+
+def test_stratified_split_holds_out_each_class_deterministically():
+    labels = torch.tensor([0] * 50 + [1] * 20 + [2] * 3)
+    tr, va = clf.stratified_split(labels, 0.1, seed=0)
+    tr2, va2 = clf.stratified_split(labels, 0.1, seed=0)
+    assert torch.equal(va, va2) and torch.equal(tr, tr2)
+    assert set(tr.tolist()).isdisjoint(va.tolist()) and len(tr) + len(va) == len(labels)
+    assert torch.bincount(labels[va]).tolist() == [5, 2, 1]
+
+
+class LookupModel(nn.Module):
+    """Returns a fixed logit row per image: the row index is stored as the image's top-left pixel value."""
+
+    def __init__(self, logits: np.ndarray):
+        super().__init__()
+        self.table = nn.Parameter(torch.tensor(logits, dtype=torch.float32), requires_grad=False)
+        self.in_chans = 1
+
+    def forward(self, x):
+        return self.table[(x[:, 0, 0, 0] * 255).round().long()]
+
+
+def lookup_dataset(labels, names):
+    images = [Image.fromarray(np.full((4, 4), i, dtype=np.uint8), "L") for i in range(len(labels))]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    return datasets.Dataset.from_dict({"image": images, "label": list(labels)}, features=features)
+
+
+def test_evaluation_metrics_match_sklearn_on_hand_made_case(tmp_path):
+    rng = np.random.default_rng(0)
+    y_true = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 0, 1])
+    logits = rng.normal(size=(len(y_true), 3))
+    logits[np.arange(len(y_true)), y_true] += 1.0  # better than chance, not perfect
+    names = ["a", "b", "c"]
+    metrics = evaluate_classifier(LookupModel(logits), lookup_dataset(y_true, names), names)
+    probs = torch.tensor(logits).softmax(1).numpy()
+    y_pred = logits.argmax(1)
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert metrics["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert metrics["auroc"] == pytest.approx(roc_auc_score(y_true, probs, multi_class="ovr", average="macro"))
+    assert metrics["confusion_matrix"] == confusion_matrix(y_true, y_pred).tolist()
+    cm = confusion_matrix(y_true, y_pred)
+    assert metrics["per_class_recall"] == pytest.approx({n: cm[i, i] / cm[i].sum() for i, n in enumerate(names)})
+    assert metrics["n"] == len(y_true) and metrics["unknown_classes"] == []
+    assert clf.plot_confusion_matrix(metrics["confusion_matrix"], names, tmp_path / "cm.png").stat().st_size > 0
+    history = [{"epoch": 1, "loss": 1.0, "val_accuracy": 0.5}, {"epoch": 2, "loss": 0.5, "val_accuracy": 0.7}]
+    assert clf.plot_history(history, tmp_path / "h.png").stat().st_size > 0
+
+
+def test_model_with_fewer_classes_evaluates_on_a_test_set_with_more():
+    # the model unlearned "b" and orders its two classes differently from the test set
+    y_true = np.array([0, 0, 1, 1, 2, 2, 2, 0])
+    model_names = ["c", "a"]
+    logits = np.array([[0.1, 2.0], [1.0, 0.0], [2.0, 0.5], [0.0, 1.0], [3.0, 0.0], [0.2, 0.1], [-1.0, 1.0], [0.0, 0.3]])
+    metrics = evaluate_classifier(LookupModel(logits), lookup_dataset(y_true, ["a", "b", "c"]), model_names)
+    pred_names = np.array(model_names)[logits.argmax(1)]
+    true_names = np.array(["a", "b", "c"])[y_true]
+    assert metrics["accuracy"] == pytest.approx(np.mean(pred_names == true_names))  # "b" images are errors
+    assert metrics["unknown_classes"] == ["b"]
+    assert metrics["per_class_recall"]["b"] == 0.0
+    assert metrics["per_class_recall"]["a"] == pytest.approx(2 / 3)
+    probs = torch.tensor(logits).softmax(1).numpy()
+    expected = np.mean([roc_auc_score(true_names == n, probs[:, k]) for k, n in enumerate(model_names)])
+    assert metrics["auroc"] == pytest.approx(expected)
+    assert set(metrics["per_class_auroc"]) == {"a", "c"}
+    expected_f1 = f1_score(true_names, pred_names, labels=["a", "b", "c"], average="macro")
+    assert metrics["macro_f1"] == pytest.approx(expected_f1)
+    assert np.sum(metrics["confusion_matrix"]) == len(y_true) and metrics["confusion_labels"] == ["a", "b", "c"]
+
+
+def test_model_class_missing_from_test_set_gets_its_own_confusion_column(tmp_path):
+    y_true = np.array([0, 0, 1, 1])
+    logits = np.array([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0], [0, 1.0, 0]])
+    metrics = evaluate_classifier(LookupModel(logits), lookup_dataset(y_true, ["a", "b"]), ["a", "b", "extra"])
+    assert metrics["confusion_labels"] == ["a", "b", "extra"]
+    assert metrics["confusion_matrix"] == [[1, 0, 1], [0, 2, 0], [0, 0, 0]]
+    assert metrics["accuracy"] == 0.75 and set(metrics["per_class_recall"]) == {"a", "b"}
+    png = clf.plot_confusion_matrix(metrics["confusion_matrix"], metrics["confusion_labels"], tmp_path / "cm.png")
+    assert png.stat().st_size > 0
+    with pytest.raises(ValueError, match="does not match"):
+        clf.plot_confusion_matrix(metrics["confusion_matrix"], ["a", "b"], tmp_path / "bad.png")
+
+
+def test_metric_modules_load_from_the_package_without_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    load_metric.cache_clear()
+    for name in ("accuracy", "f1", "roc_auc", "confusion_matrix"):
+        module = load_metric(name)
+        assert module.name == name
+    y_true = [0, 1, 1, 2]
+    logits = np.eye(3)[[0, 1, 2, 2]]
+    metrics = evaluate_classifier(LookupModel(logits), lookup_dataset(y_true, ["a", "b", "c"]), ["a", "b", "c"])
+    assert metrics["accuracy"] == 0.75
+
+
+def test_save_load_round_trip_gives_identical_logits(trained, tmp_path):
+    out = save_classifier(trained.model, tmp_path / "clf", label_names=trained.label_names, config=trained.config)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architecture"] == "ff_cnn" and cfg["label_names"] == trained.label_names
+    assert cfg["pretrained_cfg"]["input_size"] == [1, SIZE, SIZE] and cfg["pretrained_cfg"]["mean"] == [0.0]
+    x = torch.rand(5, 1, SIZE, SIZE)
+    expected = predict_logits(trained.model, x)
+    loaded = load_classifier(out)
+    assert torch.equal(predict_logits(loaded.model, x), expected)
+    assert loaded.label_names == trained.label_names and loaded.config == trained.config
+    assert loaded.arch == "timm/ff_cnn"
+    # what a Hub user does (hf-hub:<repo> reads the same config.json)
+    timm_model = timm.create_model(f"local-dir:{out}", pretrained=True)
+    assert torch.equal(predict_logits(timm_model, x), expected)
+    assert timm_model.pretrained_cfg["label_names"] == trained.label_names
+
+
+def test_published_classifier_loads_through_timm_hf_hub_prefix(trained, tmp_path, monkeypatch, hub):
+    """Upload the saved folder to a private repo on the project's Hub endpoint, then
+    ``timm.create_model("hf-hub:<repo>", pretrained=True)`` rebuilds the same model (real client, real HTTP)."""
+    repo = save_classifier(trained.model, tmp_path / "repo", label_names=trained.label_names, config=trained.config)
+    repo_id = hub.repo_id("alice", "classifier")
+    api = hub.api("alice")
+    api.create_repo(repo_id, private=True)
+    api.upload_folder(repo_id=repo_id, folder_path=repo)
+    monkeypatch.setenv("HF_TOKEN", hub.token("alice"))  # timm.create_model takes no token argument
+    x = torch.rand(3, 1, SIZE, SIZE)
+    model = timm.create_model(f"hf-hub:{repo_id}", pretrained=True)
+    assert torch.equal(predict_logits(model, x), predict_logits(trained.model, x))
+    assert model.pretrained_cfg["label_names"] == trained.label_names
+    loaded = load_classifier(repo_id)
+    assert torch.equal(predict_logits(loaded.model, x), predict_logits(trained.model, x))
+    assert loaded.label_names == trained.label_names
+
+
+def test_resnet18_small_stem_and_hf_round_trip(tmp_path):
+    torch.manual_seed(0)
+    resnet = build_classifier("timm/resnet18", num_classes=4, in_chans=3, image_size=16)
+    assert resnet.conv1.stride == (1, 1) and resnet.conv1.kernel_size == (3, 3)
+    assert isinstance(resnet.maxpool, nn.Identity)
+    assert resnet.forward_features(torch.zeros(1, 3, 16, 16)).shape[-1] == 2  # 16 → 2 after three stride-2 stages
+    x = torch.rand(2, 3, 16, 16)
+    out = save_classifier(resnet.eval(), tmp_path / "r18", label_names=list("wxyz"), arch="timm/resnet18")
+    assert torch.equal(predict_logits(load_classifier(out).model, x), predict_logits(resnet, x))
+
+    vit = build_classifier("hf/vit-tiny", num_classes=3, in_chans=1, image_size=8)
+    assert vit.hf_model.config.patch_size == 2 and vit.hf_model.config.hidden_size == 192
+    out = save_classifier(vit.eval(), tmp_path / "vit", label_names=["a", "b", "c"], arch="hf/vit-tiny")
+    assert {"config.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
+    assert not list(out.glob("*.bin"))
+    loaded = load_classifier(out)
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(predict_logits(loaded.model, x), predict_logits(vit, x))
+    assert loaded.label_names == ["a", "b", "c"] and loaded.arch == "hf/vit-tiny"
+
+
+def test_build_classifier_rejects_unknown_or_unsuitable_archs():
+    with pytest.raises(ValueError, match="no model"):
+        build_classifier("timm/not_a_model", 3, 1, 16)
+    with pytest.raises(ValueError, match="cannot classify"):
+        build_classifier("timm/convnext_atto", 3, 1, 16)  # stride-32 model on 16 px inputs
+    with pytest.raises(ValueError, match="expected"):
+        build_classifier("keras/foo", 3, 1, 16)
+
+
+def test_augmentation_shifts_and_flips_only_when_asked():
+    x = torch.rand(6, 3, 8, 8)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(clf.augment_batch(x, ClassifierConfig(augment=False), g), x)
+    assert torch.equal(clf.augment_batch(x, ClassifierConfig(shift_px=0), g), x)  # no flips by default
+    flipped = clf.augment_batch(x, ClassifierConfig(shift_px=0, hflip=True), torch.Generator().manual_seed(0))
+    assert all(torch.equal(f, i) or torch.equal(f, i.flip(-1)) for f, i in zip(flipped, x))
+    shifted = clf.augment_batch(x, ClassifierConfig(shift_px=2), g)
+    assert shifted.shape == x.shape and not torch.equal(shifted, x)
+    # every shifted image is a crop of the replicate-padded original
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate")
+    for s, p in zip(shifted, padded):
+        assert any(torch.equal(s, p[:, dy : dy + 8, dx : dx + 8]) for dy in range(5) for dx in range(5))
+
+
+def test_config_round_trips_and_rejects_unknown_fields():
+    config = ClassifierConfig(arch="timm/resnet18", epochs=3, hflip=True, seed=7)
+    assert ClassifierConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown field"):
+        ClassifierConfig.from_dict({"epochs": 3, "momentum": 0.9})
+    with pytest.raises(ValueError):
+        ClassifierConfig(val_fraction=1.0)
+
+
+def test_rgb_images_train_with_flips():
+    train = pattern_dataset(12, seed=0, rgb=True)
+    config = ClassifierConfig(epochs=1, batch_size=8, hflip=True, vflip=True)
+    result = train_classifier(train, config, progress=False)
+    assert result.model.in_chans == 3 and len(result.history) == 1
