@@ -175,6 +175,8 @@ def prepare_client_data(dataset, config: FactoryConfig, classes: list[str] | Non
     present = [names[i] for i in sorted(set(labels.tolist()))]
     if classes is None:
         classes = present
+    if len(set(classes)) != len(classes):
+        raise FactoryError(f"duplicate class names in {list(classes)}: each class must be listed once")
     for name in classes:
         if name not in names:
             raise FactoryError(f"unknown class {name!r}: the dataset's classes are {names}")
@@ -295,8 +297,20 @@ def train_factory(
 
     start_step, losses = 0, []
     ckpt_dir = Path(output_dir) / "checkpoint" if output_dir else None
+    # What a checkpoint must match to be resumed: same training config (bar the checkpoint interval), classes
+    # and training images. Resuming someone else's run would publish its weights under this run's metadata.
+    run = {
+        "config": {k: v for k, v in config.to_dict().items() if k != "checkpoint_every"},
+        "classes": list(data.class_names),
+        "training_set_fingerprint": data.fingerprint,
+    }
     if ckpt_dir is not None and (ckpt_dir / "state.pt").exists():
         state = torch.load(ckpt_dir / "state.pt", map_location="cpu", weights_only=True)
+        if state.get("run") not in (None, run):
+            raise FactoryError(
+                f"the checkpoint in {ckpt_dir} belongs to a different training run (its config, classes or training "
+                "images differ from this one); delete it or use another output_dir"
+            )
         accelerator.unwrap_model(unet).load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -346,7 +360,8 @@ def train_factory(
             rate = seen / max(1e-9, time.perf_counter() - t0)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", img_s=f"{rate:.0f}")
         if ckpt_dir is not None and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
-            _save_checkpoint(ckpt_dir, accelerator.unwrap_model(unet), ema, optimizer, lr_schedule, generator, step + 1, losses)
+            _save_checkpoint(ckpt_dir, accelerator.unwrap_model(unet), ema, optimizer, lr_schedule, generator, step + 1,
+                             losses, run=run)
     bar.close()
     wall = time.perf_counter() - t0
 
@@ -364,7 +379,8 @@ def train_factory(
     return pipeline, stats
 
 
-def _save_checkpoint(ckpt_dir: Path, unet, ema, optimizer, lr_schedule, generator, step: int, losses: list[float]):
+def _save_checkpoint(ckpt_dir: Path, unet, ema, optimizer, lr_schedule, generator, step: int, losses: list[float],
+                     run: dict | None = None):
     """Atomically write a resumable training state (local only: checkpoints are never published)."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tmp = ckpt_dir / "state.pt.tmp"
@@ -377,6 +393,7 @@ def _save_checkpoint(ckpt_dir: Path, unet, ema, optimizer, lr_schedule, generato
             "generator": generator.get_state(),
             "step": step,
             "losses": losses,
+            "run": run,
         },
         tmp,
     )
@@ -596,7 +613,16 @@ def publish_factory(
         grid.save(folder / "samples.png")
         card = render_card("factory.md", repo_id=repo_id, metadata=metadata, license=license)
         (folder / "README.md").write_text(card)
-        api.create_repo(repo_id, private=private, exist_ok=True)
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+        except HfHubHTTPError as err:
+            raise FactoryError(f"cannot publish {repo_id}: the Hub refused to create it ({err.response.status_code}); "
+                               "does this token's user own that namespace, or belong to that organization?") from None
+        if private and not api.repo_info(repo_id).private:
+            raise FactoryError(
+                f"cannot publish {repo_id}: the repo already exists and is public, and a factory is only published "
+                "to a private repo; nothing was published (make the repo private or choose another one)"
+            )
         commit = api.upload_folder(
             repo_id=repo_id,
             folder_path=folder,
