@@ -355,6 +355,7 @@ def _train_client(job: dict) -> dict:
     from .hub.env import use_endpoint
 
     use_endpoint(job["endpoint"])
+    _quiet_library_progress_bars()
     import torch
 
     if job["threads"]:
