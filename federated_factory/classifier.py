@@ -291,6 +291,7 @@ class ClassifierConfig:
     precision: str = "auto"
     num_threads: int = 1
     seed: int = 0
+    init_from: str | None = None  # fine-tune: a folder or Hub repo ("org/name" or "org/name@sha") from save_classifier
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -553,6 +554,8 @@ def train_on_tensors(
 
     with deterministic(config.seed, accelerator.device), cpu_threads(config.num_threads):
         model = build_classifier(config.arch, num_classes, in_chans, image_size)
+        if config.init_from:
+            initialize_from(model, config.init_from)
         loader_gen = torch.Generator().manual_seed(config.seed)
         aug_gen = torch.Generator().manual_seed(config.seed + 1)
         loader = torch.utils.data.DataLoader(
@@ -859,6 +862,23 @@ def _read_config(dir_or_repo: str, revision: str | None) -> tuple[dict, bool]:
     from huggingface_hub import hf_hub_download
 
     return json.loads(Path(hf_hub_download(dir_or_repo, "config.json", revision=revision)).read_text()), False
+
+
+def initialize_from(model: nn.Module, source: str) -> list[str]:
+    """Copy into ``model`` every tensor of the classifier at ``source`` (a folder, or a Hub repo id with an
+    optional ``@revision``) whose name and shape match; returns the names left at their fresh initialization
+    (typically the head, when the label spaces differ). Raises ``ValueError`` when nothing matches."""
+    if Path(source).exists():
+        loaded = load_classifier(source)
+    else:
+        repo, _, revision = source.partition("@")
+        loaded = load_classifier(repo, revision=revision or None)
+    own = model.state_dict()
+    matching = {k: v for k, v in loaded.model.state_dict().items() if k in own and own[k].shape == v.shape}
+    if not matching:
+        raise ValueError(f"ClassifierConfig.init_from {source!r}: none of its tensors fits this architecture")
+    model.load_state_dict(matching, strict=False)
+    return sorted(set(own) - set(matching))
 
 
 def load_classifier(dir_or_repo, *, revision: str | None = None) -> LoadedClassifier:

@@ -73,7 +73,7 @@ PRESETS: dict[str, FactoryConfig] = {
     "tiny": FactoryConfig(block_out_channels=(16, 32), train_steps=30, batch_size=16, warmup_steps=5, lr=2e-3),
     "demo": FactoryConfig(block_out_channels=(16, 32, 64), train_steps=450, batch_size=64, warmup_steps=50),
     "cpu": FactoryConfig(
-        block_out_channels=(32, 64, 64), train_steps=1500, batch_size=64, warmup_steps=100, mixed_precision="bf16"
+        block_out_channels=(32, 64, 64), train_steps=1200, batch_size=64, warmup_steps=100, mixed_precision="bf16"
     ),
     "gpu": FactoryConfig(
         block_out_channels=(64, 128, 256),
@@ -293,7 +293,8 @@ def train_factory(
     images = torch.from_numpy(data.train_images).float().div_(127.5).sub_(1.0)
     labels = torch.from_numpy(data.train_labels)
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
-    generator = torch.Generator().manual_seed(config.seed)
+    # Each process draws its own batches (a different stream per rank under DDP); one process is the norm on CPU.
+    generator = torch.Generator().manual_seed(config.seed + accelerator.process_index)
 
     start_step, losses = 0, []
     ckpt_dir = Path(output_dir) / "checkpoint" if output_dir else None

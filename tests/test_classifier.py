@@ -317,3 +317,17 @@ def test_rgb_images_train_with_flips():
     config = ClassifierConfig(epochs=1, batch_size=8, hflip=True, vflip=True)
     result = train_classifier(train, config, progress=False)
     assert result.model.in_chans == 3 and len(result.history) == 1
+
+
+def test_init_from_a_saved_classifier_starts_from_its_weights(trained, tmp_path):
+    """Fine-tuning: with ``init_from`` and a zero learning rate, the trained weights are exactly the loaded ones."""
+    saved = save_classifier(trained.model, tmp_path / "start", label_names=trained.label_names, config=trained.config)
+    train = pattern_dataset(40, seed=1)
+    config = ClassifierConfig(**{**FAST, "lr": 0.0, "weight_decay": 0.0, "init_from": str(saved), "seed": 3})
+    result = train_classifier(train, config, progress=False)
+    start = dict(trained.model.named_parameters())
+    for name, param in result.model.named_parameters():
+        assert torch.equal(param, start[name]), name
+    with pytest.raises(ValueError, match="init_from"):
+        train_classifier(train, ClassifierConfig(**{**FAST, "arch": "timm/resnet18", "init_from": str(saved)}),
+                         progress=False)
