@@ -187,7 +187,8 @@ def _compare_with_previous(certificate: dict, previous_output_dir, evaluation: d
     certificate["per_class_recall_before"] = before
     certificate["accuracy_before"] = (previous.get("evaluation") or {}).get("accuracy")
     certificate["full_aggregation_seconds"] = previous.get("timings", {}).get("total_seconds")
-    kept = [name for name in before if name in after]
+    removed = set(certificate.get("classes_removed", []))
+    kept = [name for name in before if name in after and name not in removed]
     if kept:
         certificate["remaining_classes_mean_recall_before"] = sum(before[n] for n in kept) / len(kept)
         certificate["remaining_classes_mean_recall_after"] = sum(after[n] for n in kept) / len(kept)
