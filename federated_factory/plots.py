@@ -39,12 +39,12 @@ def bar_chart(values: dict[str, dict[str, float]], path: str | Path, title: str,
     for k, method in enumerate(methods):
         heights = [values[method].get(m, np.nan) for m in metrics]
         bars = ax.bar(x + (k - (len(methods) - 1) / 2) * width, heights, width, label=method)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
     ax.set_xticks(x, metrics)
     ax.set_ylim(0, 1.08)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(methods), frameon=False)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
