@@ -167,7 +167,7 @@ def _recall_chart(before: dict, after: dict, path: Path) -> None:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("recall")
     ax.set_title("Per-class recall before and after unlearning")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
