@@ -192,7 +192,7 @@ def _run_stages(config: DemoConfig, out: Path, server, timings: dict) -> dict:
 
     from .baselines import run_centralized, run_fedavg
     from .classifier import ClassifierConfig
-    from .client import preset, run_client
+    from .client import preset
     from .data import describe, load_image_splits
     from .hub.manifest import FactoryEntry, Manifest, SynthesisConfig
     from .partition import partition_dataset, plot_heatmap, summary_table

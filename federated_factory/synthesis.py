@@ -325,7 +325,3 @@ def assemble_dataset(plan: SynthesisPlan, cache: ChunkCache):
     )
     return Dataset.from_dict(columns, features=features)
 
-
-def check_label_space(manifest: Manifest) -> None:
-    if not manifest.label_space:
-        raise ManifestError("the manifest's label space is empty")
