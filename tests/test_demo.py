@@ -71,3 +71,16 @@ def test_demo_numbers_are_derived_from_the_run(demo_run):
     timings = results["timings"]
     assert all(v > 0 for v in timings.values())
     assert timings["total_seconds"] >= timings["clients_seconds"] + timings["aggregation_seconds"]
+
+
+def test_report_command_re_renders_the_report_from_results_json(demo_run):
+    out, results, _ = demo_run
+    (out / "report.md").unlink()
+    (out / "methods.png").unlink()
+    proc = subprocess.run([sys.executable, "-m", "federated_factory.cli", "report", str(out)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = (out / "report.md").read_text()
+    assert (out / "methods.png").exists()
+    assert f"{results['federated_factory']['accuracy']:.2%}" in report
+    assert f"{results['fedavg']['accuracy']:.2%}" in report
