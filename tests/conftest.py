@@ -103,3 +103,15 @@ def hf_cache(tmp_path):
     path = tmp_path / "hf_cache"
     path.mkdir()
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """The models in these tests are tiny: one thread is as fast as two, and it avoids OpenMP spin-wait
+    stalls (10x slower runs measured) when other processes share the 2 cores."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

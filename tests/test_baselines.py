@@ -23,14 +23,6 @@ SIZE = 12
 NAMES = ["0", "1", "2", "3"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These models are tiny: one thread is as fast, and it avoids OpenMP spin-wait stalls (10× slower
-    runs measured) when other processes share the 2 cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @functools.lru_cache(maxsize=1)

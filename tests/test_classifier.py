@@ -29,14 +29,6 @@ from federated_factory.metrics import load_metric
 SIZE = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These models are tiny: one thread is as fast, and it avoids OpenMP spin-wait stalls (10× slower
-    runs measured) when other processes share the 2 cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def pattern_image(c: int, rng: np.random.Generator, size: int = SIZE, rgb: bool = False) -> Image.Image:

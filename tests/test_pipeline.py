@@ -18,12 +18,6 @@ from federated_factory.pipeline import SAMPLERS, FactoryPipeline, make_scheduler
 DIGITS = ["0", "1", "7"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
