@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from .errors import UnlearningError
-from .hub.manifest import Manifest
+from .hub.manifest import FactoryEntry, Manifest
 
 
 def weights_digest(classifier_dir: str | Path) -> str:
@@ -39,10 +39,9 @@ def weights_digest(classifier_dir: str | Path) -> str:
     return digest.hexdigest()
 
 
-def reduced_manifest(manifest: Manifest, remove: str, *, reason: str | None, remaining_classes: set[str]) -> tuple[Manifest, dict]:
-    """The manifest without ``remove`` (a repo id or repo@sha), its label space restricted to classes that a
-    remaining factory holds, and the history record of the removal. Raises `UnlearningError` if ``remove``
-    is not in the manifest or is its last factory."""
+def removal_target(manifest: Manifest, remove: str) -> FactoryEntry:
+    """The manifest entry that ``remove`` (a repo id or repo@sha) names. Raises `UnlearningError` if it is not
+    in the manifest or is its last factory."""
     repo, _, revision = remove.partition("@")
     matches = [f for f in manifest.factories if f.repo == repo and (not revision or f.revision == revision)]
     if not matches:
@@ -50,7 +49,13 @@ def reduced_manifest(manifest: Manifest, remove: str, *, reason: str | None, rem
         raise UnlearningError(f"{remove} is not in the manifest (it lists: {listed}); nothing was changed")
     if len(manifest.factories) == 1:
         raise UnlearningError(f"{remove} is the manifest's last factory: removing it leaves nothing to rebuild from; nothing was changed")
-    removed = matches[0]
+    return matches[0]
+
+
+def reduced_manifest(manifest: Manifest, remove: str, *, reason: str | None, remaining_classes: set[str]) -> tuple[Manifest, dict]:
+    """The manifest without ``remove`` (see `removal_target`), its label space restricted to classes that a
+    remaining factory holds, and the history record of the removal."""
+    removed = removal_target(manifest, remove)
     reduced = manifest.without(removed.repo)
     reduced.label_space = [name for name in manifest.label_space if name in remaining_classes]
     record = {
@@ -97,9 +102,7 @@ def unlearn(
     t_start = time.perf_counter()
     # Which classes do the remaining factories hold? Only their metadata is read; the removed repo is not
     # contacted (it may be gone already).
-    remaining = manifest.without(remove.partition("@")[0])
-    if len(remaining.factories) == len(manifest.factories) or not remaining.factories:
-        reduced_manifest(manifest, remove, reason=reason, remaining_classes=set())  # raises the right error
+    remaining = manifest.without(removal_target(manifest, remove).repo)
     with accelerator.main_process_first():
         _, remaining_factories = pull_factories(remaining, token=token)
     remaining_classes = {c for f in remaining_factories for c in f.classes}

@@ -347,6 +347,9 @@ def test_unlearning_an_unknown_or_last_factory_changes_nothing(federation, tmp_p
     manifest = federation["manifest"]
     with pytest.raises(UnlearningError, match="not in the manifest"):
         unlearn(manifest, "fed-nobody/factory", output_dir=tmp_path / "a", token=federation["token"], progress=False)
+    with pytest.raises(UnlearningError, match="not in the manifest"):  # right repo, wrong revision
+        unlearn(manifest, f"{manifest.factories[0].repo}@{'0' * 40}", output_dir=tmp_path / "a",
+                token=federation["token"], progress=False)
     only = Manifest(**{**manifest.__dict__, "factories": manifest.factories[:1]})
     with pytest.raises(UnlearningError, match="last factory"):
         unlearn(only, manifest.factories[0].repo, output_dir=tmp_path / "b", token=federation["token"], progress=False)
