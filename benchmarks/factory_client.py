@@ -82,6 +82,8 @@ def main() -> int:
         pipeline, stats = train_factory(data, config, progress=True)
         sampling = []
         pipeline.set_progress_bar_config(disable=True)
+        if torch.cuda.is_available():
+            pipeline.to("cuda")  # sample where a federation's aggregator would
         for sampler in SAMPLERS:
             for steps in (10, 20, 50):
                 if sampler == "ddpm" and steps < 50:
@@ -101,7 +103,8 @@ def main() -> int:
     result = {
         "command": "python benchmarks/factory_client.py " + " ".join(sys.argv[1:]),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                    "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
+                    "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "client": {"class": args.class_name, "train_images": len(data.train_images), "holdout": len(data.holdout_images)},
         "config": config.to_dict(),
         "training": {"steps": stats.steps, "images_per_second": stats.images_per_second, "seconds": stats.wall_seconds,

@@ -272,6 +272,8 @@ def synthesize(plan: SynthesisPlan, factories: list[PulledFactory], cache: Chunk
             pipe = FactoryPipeline.from_pretrained(by_repo[shard.repo].local_dir, use_safetensors=True)
             pipe.scheduler = make_scheduler(s.sampler, pipe.scheduler.config)
             pipe.set_progress_bar_config(disable=True)
+            if accelerator is not None:
+                pipe.to(accelerator.device)  # the initial noise still comes from the CPU generator
             pipelines[shard.repo] = pipe
         generator = torch.Generator().manual_seed(chunk_seed(shard.stream_seed, k))
         out = pipelines[shard.repo](
