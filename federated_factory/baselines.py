@@ -5,8 +5,11 @@
   global model, trains ``local_epochs`` on its own data, and the server averages the client models
   (parameters AND BatchNorm buffers) weighted by client size. Under one-class-per-client silos the average
   of ten one-class models is close to chance; that is the failure FederatedFactory addresses.
+* :func:`run_scaffold`: SCAFFOLD (Karimireddy et al., 2020): FedAvg whose local SGD steps are corrected by
+  control variates (``c - c_i``, the server's minus the client's estimate of the update direction), which
+  is meant to cancel client drift under heterogeneous data.
 
-Both report the test metrics of :func:`federated_factory.classifier.evaluate_classifier`. Model selection
+All report the test metrics of :func:`federated_factory.classifier.evaluate_classifier`. Model selection
 never looks at the test set: the centralized model keeps its best epoch on a validation slice of the
 training union, FedAvg its best round on the union of the clients' held-out slices.
 """
@@ -128,12 +131,19 @@ def _local_train(
     generator: torch.Generator,
     device: torch.device,
     precision: str = "fp32",
-) -> float:
+    correction: dict[str, torch.Tensor] | None = None,
+) -> tuple[float, int]:
     """``epochs`` passes of AdamW over one client's data (fresh optimizer state), with the FedProx term
-    ``mu/2 · ||w - w_global||²`` when ``mu > 0``. Returns the mean training loss."""
+    ``mu/2 · ||w - w_global||²`` when ``mu > 0``. With ``correction`` (SCAFFOLD's ``c - c_i`` by parameter
+    name) the steps are plain SGD on the corrected gradient ``g + c - c_i``, as in the SCAFFOLD paper.
+    Returns the mean training loss and the number of optimizer steps taken."""
     model.train()
     anchor = [p.detach().clone() for p in model.parameters()] if mu > 0 else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
+    if correction is None:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=config.weight_decay)
+        named = [(p, correction[name]) for name, p in model.named_parameters()]
     losses = []
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=generator)
@@ -152,9 +162,13 @@ def _local_train(
                 loss = loss + 0.5 * mu * prox
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if correction is not None:
+                for p, c in named:
+                    if p.grad is not None:
+                        p.grad.add_(c)
             optimizer.step()
             losses.append(loss.item())
-    return float(np.mean(losses)) if losses else float("nan")
+    return (float(np.mean(losses)) if losses else float("nan")), len(losses)
 
 
 def run_fedavg(
@@ -172,6 +186,7 @@ def run_fedavg(
     progress: bool = True,
     device: str | torch.device | None = None,
     return_model: bool = False,
+    scaffold_lr: float | None = None,
 ) -> dict[str, Any]:
     """FedAvg (``mu=0``) / FedProx (``mu>0``) over ``client_datasets`` (one ``datasets.Dataset`` per client,
     same ``ClassLabel``), with ``config.arch`` and its training settings (augmentation, label smoothing,
@@ -184,6 +199,8 @@ def run_fedavg(
     whose global model is most accurate on the union of those slices (ties → later round). Returns the test
     metrics of that round, ``history`` (per round: mean local loss, validation accuracy), ``selected_round``,
     ``wall_time_s`` and ``communication`` (see :func:`communication_cost`).
+
+    ``scaffold_lr`` (use :func:`run_scaffold`) switches to SCAFFOLD with local SGD at that learning rate.
     """
     from tqdm.auto import tqdm
 
@@ -193,6 +210,9 @@ def run_fedavg(
         raise ValueError(f"run_fedavg: lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
     if mu < 0:
         raise ValueError(f"run_fedavg: mu must be >= 0, got {mu}")
+    if scaffold_lr is not None and (scaffold_lr <= 0 or mu > 0):
+        raise ValueError(f"run_scaffold: local_lr must be > 0 (got {scaffold_lr}) and mu must be 0 (got {mu})")
+    method = "scaffold" if scaffold_lr is not None else "fedprox" if mu > 0 else "fedavg"
     if not client_datasets:
         raise ValueError("run_fedavg: no client datasets")
     t0 = time.perf_counter()
@@ -220,14 +240,19 @@ def run_fedavg(
     with deterministic(seed, device), cpu_threads(config.num_threads):
         global_model = build_classifier(config.arch, len(label_names), channels, image_size).to(device)
         size_bytes = model_bytes(global_model)
+        if scaffold_lr is not None:
+            # SCAFFOLD sends the control variate (one value per parameter) along with the model, both ways
+            size_bytes += BYTES_PER_VALUE * sum(p.numel() for p in global_model.parameters())
+            c_server = {n: torch.zeros_like(p) for n, p in global_model.named_parameters()}
+            c_clients = [{n: torch.zeros_like(p) for n, p in global_model.named_parameters()} for _ in train_parts]
         history: list[dict[str, Any]] = []
         best_acc, best_round, best_state = -1.0, rounds, None
-        bar = tqdm(range(1, rounds + 1), desc=f"{'fedprox' if mu > 0 else 'fedavg'} rounds", disable=not progress)
+        bar = tqdm(range(1, rounds + 1), desc=f"{method} rounds", disable=not progress)
         for rnd in bar:
-            lr = config.lr
+            lr = config.lr if scaffold_lr is None else scaffold_lr
             if lr_schedule == "cosine":
                 lr *= 0.5 * (1.0 + math.cos(math.pi * (rnd - 1) / rounds))
-            states, weights, losses = [], [], []
+            states, weights, losses, control_deltas = [], [], [], []
             for k, (x, y) in enumerate(train_parts):
                 if len(x) == 0:
                     continue
@@ -235,16 +260,30 @@ def run_fedavg(
                 if config.channels_last:
                     local = local.to(memory_format=torch.channels_last)
                 gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, rnd, k]).generate_state(1)[0]))
-                losses.append(
-                    _local_train(
-                        local, x, y, config, epochs=local_epochs, batch_size=local_batch_size, lr=lr, mu=mu,
-                        generator=gen, device=device, precision=precision,
-                    )
+                correction = None
+                if scaffold_lr is not None:
+                    correction = {n: c_server[n] - c_clients[k][n] for n in c_server}
+                loss, steps = _local_train(
+                    local, x, y, config, epochs=local_epochs, batch_size=local_batch_size, lr=lr, mu=mu,
+                    generator=gen, device=device, precision=precision, correction=correction,
                 )
+                losses.append(loss)
+                if scaffold_lr is not None and steps > 0:
+                    # option II of the paper: c_i+ = c_i - c + (x - y_i) / (K · lr)
+                    start = dict(global_model.named_parameters())
+                    updated = {
+                        n: c_clients[k][n] - c_server[n] + (start[n].detach() - p.detach()) / (steps * lr)
+                        for n, p in local.named_parameters()
+                    }
+                    control_deltas.append({n: updated[n] - c_clients[k][n] for n in updated})
+                    c_clients[k] = updated
                 states.append({key: v.detach().contiguous() for key, v in local.state_dict().items()})
                 weights.append(len(x))
             total = float(sum(weights))
             global_model.load_state_dict(weighted_average(states, [w / total for w in weights]))
+            for delta in control_deltas:  # c += mean over all N clients of (c_i+ - c_i)
+                for n in c_server:
+                    c_server[n] += delta[n] / len(train_parts)
             val_acc = accuracy_on(global_model, x_val, y_val) if len(x_val) else None
             history.append(
                 {"round": rnd, "loss": float(np.average(losses, weights=weights)), "val_accuracy": val_acc, "lr": lr}
@@ -259,9 +298,11 @@ def run_fedavg(
 
     metrics = evaluate_classifier(global_model, test_ds, label_names)
     out = {
-        "method": "fedprox" if mu > 0 else "fedavg",
+        "method": method,
         **metrics,
         "mu": mu,
+        "local_lr": scaffold_lr if scaffold_lr is not None else config.lr,
+        "local_optimizer": "sgd" if scaffold_lr is not None else "adamw",
         "rounds": rounds,
         "local_epochs": local_epochs,
         "local_batch_size": local_batch_size,
@@ -283,4 +324,26 @@ def run_fedavg(
     return out
 
 
-__all__ = ["communication_cost", "model_bytes", "run_centralized", "run_fedavg", "weighted_average"]
+def run_scaffold(
+    client_datasets: Sequence,
+    test_ds,
+    config: ClassifierConfig | None = None,
+    *,
+    rounds: int,
+    local_epochs: int,
+    local_lr: float = 0.05,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """SCAFFOLD over ``client_datasets``: like :func:`run_fedavg` (same classifier, client validation
+    slices, round selection, weighted model average), but every client keeps a control variate ``c_i`` and
+    the server one ``c`` (one value per model parameter, zero at the start); local steps are SGD at
+    ``local_lr`` on ``g + c - c_i``; after its local steps a client sets ``c_i+ = c_i - c + (x - y_i)/(K·lr)``
+    (the paper's option II: ``K`` steps, ``x`` the global and ``y_i`` the local model) and the server moves
+    ``c`` by the mean of the clients' changes. Messages carry model + control variate, so the bytes per
+    round are those of FedAvg plus one float32 per parameter each way. ``kwargs`` go to :func:`run_fedavg`.
+    """
+    return run_fedavg(client_datasets, test_ds, config, rounds=rounds, local_epochs=local_epochs, scaffold_lr=local_lr,
+                      **kwargs)
+
+
+__all__ = ["communication_cost", "model_bytes", "run_centralized", "run_fedavg", "run_scaffold", "weighted_average"]

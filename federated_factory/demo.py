@@ -50,6 +50,8 @@ class DemoConfig:
     fl_rounds: int = 10
     fl_local_epochs: int = 1
     fedprox_mu: float = 0.01
+    scaffold: bool = False  # also run SCAFFOLD (local SGD at scaffold_lr with control variates)
+    scaffold_lr: float = 0.05
     unlearn: str | None = "last"  # a client index, "last", or None to skip
     verify_unlearning: bool = True
     audit_samples_per_class: int = 32
@@ -84,6 +86,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fl-rounds", type=int, default=d.fl_rounds)
     parser.add_argument("--fl-local-epochs", type=int, default=d.fl_local_epochs)
     parser.add_argument("--fedprox-mu", type=float, default=d.fedprox_mu)
+    parser.add_argument("--scaffold", action="store_true", help="also run SCAFFOLD (same rounds and local epochs)")
+    parser.add_argument("--scaffold-lr", type=float, default=d.scaffold_lr, help="SCAFFOLD's local SGD learning rate")
     parser.add_argument("--unlearn", default=d.unlearn, help="client index or 'last' to unlearn; 'none' to skip")
     parser.add_argument("--no-verify-unlearning", action="store_true", help="skip the from-scratch rebuild check")
     parser.add_argument("--workers", type=int, default=d.workers,
@@ -102,6 +106,7 @@ def config_from_args(args) -> DemoConfig:
         num_inference_steps=args.num_inference_steps, classifier=args.classifier,
         classifier_epochs=args.classifier_epochs, hflip=args.hflip, vflip=args.vflip, fl_rounds=args.fl_rounds,
         fl_local_epochs=args.fl_local_epochs, fedprox_mu=args.fedprox_mu,
+        scaffold=args.scaffold, scaffold_lr=args.scaffold_lr,
         unlearn=None if str(args.unlearn).lower() == "none" else args.unlearn,
         verify_unlearning=not args.no_verify_unlearning, output_dir=args.output_dir, seed=args.seed, workers=args.workers,
         progress=not args.no_progress,
@@ -190,7 +195,7 @@ def _run_stages(config: DemoConfig, out: Path, server, timings: dict) -> dict:
     import torch
     from accelerate import Accelerator
 
-    from .baselines import run_centralized, run_fedavg
+    from .baselines import run_centralized, run_fedavg, run_scaffold
     from .classifier import ClassifierConfig
     from .client import preset
     from .data import describe, load_image_splits
@@ -274,12 +279,19 @@ def _run_stages(config: DemoConfig, out: Path, server, timings: dict) -> dict:
     timings["centralized_seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     fedavg = run_fedavg(client_sets, test, classifier, rounds=config.fl_rounds, local_epochs=config.fl_local_epochs,
-                        mu=0.0, seed=config.seed, progress=progress)
+                        mu=0.0, seed=config.seed, progress=progress, device=accelerator.device)
     timings["fedavg_seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     fedprox = run_fedavg(client_sets, test, classifier, rounds=config.fl_rounds, local_epochs=config.fl_local_epochs,
-                         mu=config.fedprox_mu, seed=config.seed, progress=progress)
+                         mu=config.fedprox_mu, seed=config.seed, progress=progress, device=accelerator.device)
     timings["fedprox_seconds"] = time.perf_counter() - t0
+    scaffold = None
+    if config.scaffold:
+        t0 = time.perf_counter()
+        scaffold = run_scaffold(client_sets, test, classifier, rounds=config.fl_rounds,
+                                local_epochs=config.fl_local_epochs, local_lr=config.scaffold_lr, seed=config.seed,
+                                progress=progress, device=accelerator.device)
+        timings["scaffold_seconds"] = time.perf_counter() - t0
 
     # ---- unlearning --------------------------------------------------------------------------
     unlearning = None
@@ -322,6 +334,7 @@ def _run_stages(config: DemoConfig, out: Path, server, timings: dict) -> dict:
         "centralized": _strip(centralized),
         "fedavg": _strip(fedavg),
         "fedprox": {**_strip(fedprox), "mu": config.fedprox_mu},
+        **({"scaffold": _strip(scaffold)} if scaffold is not None else {}),
         "unlearning": unlearning,
     }
 
@@ -426,13 +439,16 @@ def _machine() -> dict:
 
     return {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(), "python": platform.python_version(),
-            "torch": torch.__version__}
+            "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def print_summary(results: dict) -> None:
     """The final table on the terminal."""
     rows = [("FederatedFactory (synthetic only)", results["federated_factory"]), ("FedAvg", results["fedavg"]),
-            ("FedProx", results["fedprox"]), ("Centralized (real data)", results["centralized"])]
+            ("FedProx", results["fedprox"])]
+    if "scaffold" in results:
+        rows.append(("SCAFFOLD", results["scaffold"]))
+    rows.append(("Centralized (real data)", results["centralized"]))
     central = results["centralized"]["accuracy"]
     print()
     print(f"{'method':36s} {'accuracy':>9s} {'macro-F1':>9s} {'AUROC':>7s} {'vs central':>11s}")

@@ -9,6 +9,7 @@ METHODS = [
     ("federated_factory", "FederatedFactory"),
     ("fedavg", "FedAvg"),
     ("fedprox", "FedProx"),
+    ("scaffold", "SCAFFOLD"),  # only in runs made with --scaffold
     ("centralized", "Centralized"),
 ]
 
@@ -37,8 +38,9 @@ def render_report(results_dir: str | Path) -> Path:
     results = json.loads((out / "results.json").read_text())
     cfg = results["config"]
     central = results["centralized"]["accuracy"]
+    methods = [(key, label) for key, label in METHODS if key in results]
 
-    bar_chart({label: {m: results[key][m] for m in ("accuracy", "macro_f1", "auroc")} for key, label in METHODS},
+    bar_chart({label: {m: results[key][m] for m in ("accuracy", "macro_f1", "auroc")} for key, label in methods},
               out / "methods.png", title=f"{cfg['dataset']}, {cfg['partition']} partition: real test set")
     unlearning = results.get("unlearning")
     if unlearning and unlearning.get("per_class_recall_before"):
@@ -62,9 +64,10 @@ def render_report(results_dir: str | Path) -> Path:
         "federated_factory": results["timings"]["clients_seconds"] + results["timings"]["aggregation_seconds"],
         "fedavg": results["timings"]["fedavg_seconds"],
         "fedprox": results["timings"]["fedprox_seconds"],
+        "scaffold": results["timings"].get("scaffold_seconds", float("nan")),
         "centralized": results["timings"]["centralized_seconds"],
     }
-    for key, label in METHODS:
+    for key, label in methods:
         r = results[key]
         up, total = _comm(results, key)
         up_s = "—" if up != up else _mb(up)
@@ -80,7 +83,10 @@ def render_report(results_dir: str | Path) -> Path:
         f"{results['federated_factory']['synthesis']['images_per_second']:.0f} images/s, "
         f"{results['federated_factory']['synthesis']['network_evaluations_per_image']} network evaluations per image). "
         f"FedAvg and FedProx (mu={results['fedprox']['mu']}) ran {cfg['fl_rounds']} rounds of {cfg['fl_local_epochs']} local "
-        f"epoch(s); their reported round was chosen on the clients' validation slices, never on the test set.",
+        f"epoch(s)"
+        + (f" and so did SCAFFOLD (local SGD at lr {results['scaffold']['local_lr']}, control variates)"
+           if "scaffold" in results else "")
+        + "; their reported round was chosen on the clients' validation slices, never on the test set.",
         "",
         "## Partition",
         "",

@@ -1,7 +1,8 @@
-"""Behaviour of the real-data baselines: centralized training, FedAvg and FedProx."""
+"""Behaviour of the real-data baselines: centralized training, FedAvg, FedProx and SCAFFOLD."""
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import datasets
@@ -15,6 +16,7 @@ from federated_factory.baselines import (
     model_bytes,
     run_centralized,
     run_fedavg,
+    run_scaffold,
     weighted_average,
 )
 from federated_factory.classifier import ClassifierConfig, build_classifier
@@ -126,3 +128,50 @@ def test_centralized_trains_on_the_union_of_clients(data):
     assert result["num_train"] + result["num_val"] == len(train)
     assert result["n"] == len(test) and len(result["history"]) == 6
     assert set(result["per_class_recall"]) == set(NAMES)
+
+
+def test_scaffold_learns_on_iid_clients_is_deterministic_and_differs_from_fedavg(data):
+    _, test, silos, iid = data
+    on_iid = run_scaffold(iid, test, CONFIG, rounds=5, local_epochs=3, local_lr=0.05, **LOCAL)
+    assert on_iid["accuracy"] >= 0.85
+    assert on_iid["method"] == "scaffold" and on_iid["local_optimizer"] == "sgd" and on_iid["local_lr"] == 0.05
+    kwargs = dict(rounds=2, local_epochs=1, return_model=True, **LOCAL)
+    a = run_scaffold(silos, test, CONFIG, **kwargs)["model"].state_dict()
+    b = run_scaffold(silos, test, CONFIG, **kwargs)["model"].state_dict()
+    f = run_fedavg(silos, test, CONFIG, **kwargs)["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], f[k]) for k in a if a[k].is_floating_point())
+
+
+def test_scaffold_local_step_is_sgd_on_the_corrected_gradient():
+    """One local step moves w by -lr·(g + c - c_i): the control-variate correction is added to the gradient."""
+    from federated_factory.baselines import _local_train
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x, y = torch.randn(5, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1])
+    config = ClassifierConfig(augment=False, label_smoothing=0.0, weight_decay=0.0, channels_last=False)
+    correction = {n: torch.full_like(p, 0.5) for n, p in model.named_parameters()}
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    reference = copy.deepcopy(model)
+    torch.nn.functional.cross_entropy(reference(x), y).backward()
+    _, steps = _local_train(model, x, y, config, epochs=1, batch_size=5, lr=0.1, mu=0.0,
+                            generator=torch.Generator().manual_seed(0), device=torch.device("cpu"),
+                            correction=correction)
+    assert steps == 1
+    for (n, p), (_, r) in zip(model.named_parameters(), reference.named_parameters()):
+        assert torch.allclose(p, start[n] - 0.1 * (r.grad + 0.5), atol=1e-6), n
+
+
+def test_scaffold_messages_carry_the_control_variate(data):
+    _, test, silos, _ = data
+    model = build_classifier(CONFIG.arch, num_classes=4, in_chans=1, image_size=SIZE)
+    n_params = sum(p.numel() for p in model.parameters())
+    result = run_scaffold(silos, test, CONFIG, rounds=2, local_epochs=1, **LOCAL)
+    assert result["communication"] == communication_cost(model_bytes(model) + 4 * n_params, rounds=2, num_clients=4)
+
+
+def test_scaffold_rejects_a_bad_learning_rate(data):
+    _, test, silos, _ = data
+    with pytest.raises(ValueError, match="local_lr"):
+        run_scaffold(silos, test, CONFIG, rounds=1, local_epochs=1, local_lr=0.0, **LOCAL)

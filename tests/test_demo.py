@@ -20,8 +20,8 @@ def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo_output"
     env = {k: v for k, v in os.environ.items() if k not in ("HF_ENDPOINT", "HF_TOKEN")}
     cmd = [sys.executable, "-m", "federated_factory.cli", "demo", "--preset", "tiny", "--samples-per-class", "12",
-           "--num-inference-steps", "3", "--classifier-epochs", "1", "--fl-rounds", "2", "--output-dir", str(out),
-           "--no-progress"]
+           "--num-inference-steps", "3", "--classifier-epochs", "1", "--fl-rounds", "2", "--scaffold", "--output-dir",
+           str(out), "--no-progress"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return out, json.loads((out / "results.json").read_text()), proc.stdout + proc.stderr
@@ -36,15 +36,15 @@ def test_demo_writes_every_report_artefact(demo_run):
     report = (out / "report.md").read_text()
     for picture in ("methods.png", "partition_heatmap.png", "aggregate/confusion_matrix.png", "unlearning_recall.png"):
         assert f"]({picture})" in report
-    for method in ("FederatedFactory", "FedAvg", "FedProx", "Centralized"):
-        assert method in report
+    for method in ("FederatedFactory", "FedAvg", "FedProx", "SCAFFOLD", "Centralized"):
+        assert f"| {method} |" in report
     assert "vs central" in log  # the final summary table on the terminal
 
 
 def test_demo_numbers_are_derived_from_the_run(demo_run):
     out, results, _ = demo_run
     n_test = results["dataset"]["test"]["num_rows"]
-    for key in ("federated_factory", "fedavg", "fedprox", "centralized"):
+    for key in ("federated_factory", "fedavg", "fedprox", "scaffold", "centralized"):
         cm = np.asarray(results[key]["confusion_matrix"])
         assert cm.sum() == n_test
         assert results[key]["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
@@ -61,6 +61,9 @@ def test_demo_numbers_are_derived_from_the_run(demo_run):
     assert ff["aggregator_download_bytes"] == sum(ff["per_client_upload_bytes"].values())
     fedavg = results["fedavg"]["communication"]
     assert fedavg["total_bytes"] == 2 * results["config"]["fl_rounds"] * len(results["clients"]) * fedavg["model_bytes"]
+    scaffold = results["scaffold"]["communication"]  # model + control variate (one float32 per parameter)
+    assert fedavg["model_bytes"] < scaffold["model_bytes"] < 2 * fedavg["model_bytes"]
+    assert results["scaffold"]["method"] == "scaffold" and results["scaffold"]["local_optimizer"] == "sgd"
     # The manifest pins the factories that were published, and the unlearning removed one of them.
     pinned = {f["repo"]: f["revision"] for f in results["manifest"]["factories"]}
     assert pinned == {c["repo"]: c["revision"] for c in results["clients"]}
