@@ -1,0 +1,92 @@
+#!/usr/bin/env python
+"""Re-aggregate a finished federation run's pinned factories with other synthesis or classifier settings.
+
+`benchmarks/federation.py` leaves the run's Hub data and chunk cache in its work dir (`runs/<name>`). This
+script serves that Hub data again on loopback (a fresh read token for the aggregator account, the
+hospitals' organisations re-declared), loads the run's resolved manifest (every factory pinned to the sha
+it was published at), changes only the settings given, and aggregates without publishing. Chunks already
+in the cache are reused (the first N images of every stream are the same for any samples-per-class), so
+only the extra images are generated. The result JSON holds the test metrics, per-class recall and timings.
+
+    python benchmarks/reaggregate.py --run runs/blood-cells-32-silos-cpu --samples-per-class 1000 \\
+        --out benchmarks/results/blood-cells-32-silos-cpu/resample-1000-per-class.json
+"""
+
+import argparse
+import dataclasses
+import json
+import platform
+import secrets
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="a federation.py work dir (holds hub/, cache/, aggregate/)")
+    parser.add_argument("--samples-per-class", type=int, default=None)
+    parser.add_argument("--num-inference-steps", type=int, default=None)
+    parser.add_argument("--classifier-epochs", type=int, default=None)
+    parser.add_argument("--out", required=True, help="result JSON")
+    args = parser.parse_args()
+    run = Path(args.run)
+    results = json.loads((run / "results.json").read_text())
+
+    from federated_factory.hub.env import free_port, use_endpoint
+
+    port = free_port()
+    use_endpoint(f"http://127.0.0.1:{port}")
+    from federated_factory.aggregator import aggregate
+    from federated_factory.hub.manifest import load_manifest
+    from federated_factory.hub.server import HubServer
+
+    manifest = load_manifest(run / "aggregate" / "manifest.resolved.yaml")
+    synthesis = manifest.synthesis
+    if args.samples_per_class:
+        synthesis = dataclasses.replace(synthesis, samples_per_class=args.samples_per_class)
+    if args.num_inference_steps:
+        synthesis = dataclasses.replace(synthesis, num_inference_steps=args.num_inference_steps)
+    classifier = dict(manifest.classifier)
+    if args.classifier_epochs:
+        classifier["epochs"] = args.classifier_epochs
+    tag = f"s{synthesis.samples_per_class}-n{synthesis.num_inference_steps}-e{classifier.get('epochs')}"
+    manifest = dataclasses.replace(manifest, synthesis=synthesis, classifier=classifier, publish={},
+                                   output_dir=str(run / f"reaggregate-{tag}"))
+
+    token = f"hf_{secrets.token_hex(16)}"
+    server = HubServer(run / "hub", tokens={token: ("aggregator", "read")}, host="127.0.0.1", port=port)
+    for client in results["clients"]:
+        server.set_org(client["repo"].split("/")[0], ["aggregator"])
+    server.start()
+    try:
+        t0 = time.perf_counter()
+        aggregation = aggregate(manifest, token=token, cache_dir=run / "cache", publish=False)
+        seconds = time.perf_counter() - t0
+    finally:
+        server.stop()
+    evaluation = aggregation.evaluation
+    out = {
+        "command": "python benchmarks/reaggregate.py " + " ".join(sys.argv[1:]),
+        "run": str(run),
+        "factories": [f"{f.repo}@{f.revision}" for f in manifest.factories],
+        "synthesis": dataclasses.asdict(synthesis),
+        "classifier": classifier,
+        **{k: evaluation[k] for k in ("accuracy", "macro_f1", "auroc", "per_class_recall")},
+        "centralized_accuracy": results["centralized"]["accuracy"],
+        "vs_centralized": evaluation["accuracy"] / results["centralized"]["accuracy"],
+        "synthesis_stats": aggregation.synthesis,
+        "timings": {**aggregation.timings, "wall_seconds": seconds},
+        "machine": {"platform": platform.platform(), "cpu_count": results["machine"]["cpu_count"]},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"accuracy {out['accuracy']:.4f} ({out['vs_centralized']:.3f} x centralized {out['centralized_accuracy']:.4f}); "
+          f"{aggregation.synthesis['images_generated']} images generated in {seconds:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
