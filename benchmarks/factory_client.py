@@ -89,13 +89,15 @@ def main() -> int:
                 if sampler == "ddpm" and steps < 50:
                     continue  # ancestral DDPM is not meant for few steps
                 pipeline.scheduler = make_scheduler(sampler, pipeline.scheduler.config)
-                generator = torch.Generator().manual_seed(0)
-                t0 = time.perf_counter()
-                pipeline(args.class_name, num_images=args.sample_batch, num_inference_steps=steps, generator=generator,
-                         output_type="np")
-                seconds = time.perf_counter() - t0
-                sampling.append({"sampler": sampler, "steps": steps, "images": args.sample_batch,
-                                 "images_per_second": args.sample_batch / seconds})
+                for precision in ("fp32", "bf16"):
+                    generator = torch.Generator().manual_seed(0)
+                    t0 = time.perf_counter()
+                    with torch.autocast(pipeline.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                        pipeline(args.class_name, num_images=args.sample_batch, num_inference_steps=steps,
+                                 generator=generator, output_type="np")
+                    seconds = time.perf_counter() - t0
+                    sampling.append({"sampler": sampler, "steps": steps, "precision": precision,
+                                     "images": args.sample_batch, "images_per_second": args.sample_batch / seconds})
         with tempfile.TemporaryDirectory() as tmp:
             pipeline.save_pretrained(tmp, safe_serialization=True)
             size = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())

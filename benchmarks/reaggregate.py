@@ -30,6 +30,7 @@ def main() -> int:
     parser.add_argument("--samples-per-class", type=int, default=None)
     parser.add_argument("--num-inference-steps", type=int, default=None)
     parser.add_argument("--classifier-epochs", type=int, default=None)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="synthesis precision")
     parser.add_argument("--out", required=True, help="result JSON")
     args = parser.parse_args()
     run = Path(args.run)
@@ -49,10 +50,12 @@ def main() -> int:
         synthesis = dataclasses.replace(synthesis, samples_per_class=args.samples_per_class)
     if args.num_inference_steps:
         synthesis = dataclasses.replace(synthesis, num_inference_steps=args.num_inference_steps)
+    if args.precision:
+        synthesis = dataclasses.replace(synthesis, precision=args.precision)
     classifier = dict(manifest.classifier)
     if args.classifier_epochs:
         classifier["epochs"] = args.classifier_epochs
-    tag = f"s{synthesis.samples_per_class}-n{synthesis.num_inference_steps}-e{classifier.get('epochs')}"
+    tag = f"s{synthesis.samples_per_class}-n{synthesis.num_inference_steps}-{synthesis.precision}-e{classifier.get('epochs')}"
     manifest = dataclasses.replace(manifest, synthesis=synthesis, classifier=classifier, publish={},
                                    output_dir=str(run / f"reaggregate-{tag}"))
 

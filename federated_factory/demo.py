@@ -43,6 +43,7 @@ class DemoConfig:
     samples_per_class: int = 500
     sampler: str = "dpm++"
     num_inference_steps: int = 20
+    synthesis_precision: str = "fp32"  # "bf16": UNet under bf16 autocast while sampling (~2x faster on CPU)
     classifier: str | None = None
     classifier_epochs: int = 15
     hflip: bool = False
@@ -79,6 +80,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples-per-class", type=int, default=d.samples_per_class)
     parser.add_argument("--sampler", default=d.sampler)
     parser.add_argument("--num-inference-steps", type=int, default=d.num_inference_steps)
+    parser.add_argument("--synthesis-precision", default=d.synthesis_precision, choices=("fp32", "bf16"),
+                        help="bf16: sample with the UNet under bf16 autocast (about 2x faster on CPUs with bf16)")
     parser.add_argument("--classifier", default=None, help="classifier arch, e.g. timm/ff_cnn (default: the package default)")
     parser.add_argument("--classifier-epochs", type=int, default=d.classifier_epochs)
     parser.add_argument("--hflip", action="store_true", help="horizontal flips for the classifier (not for digits)")
@@ -103,7 +106,8 @@ def config_from_args(args) -> DemoConfig:
         classes_per_client=args.classes_per_client, image_size=args.image_size or None,
         channels=args.channels or None, preset=args.preset, train_steps=args.train_steps, flip=args.flip,
         samples_per_class=args.samples_per_class, sampler=args.sampler,
-        num_inference_steps=args.num_inference_steps, classifier=args.classifier,
+        num_inference_steps=args.num_inference_steps, synthesis_precision=args.synthesis_precision,
+        classifier=args.classifier,
         classifier_epochs=args.classifier_epochs, hflip=args.hflip, vflip=args.vflip, fl_rounds=args.fl_rounds,
         fl_local_epochs=args.fl_local_epochs, fedprox_mu=args.fedprox_mu,
         scaffold=args.scaffold, scaffold_lr=args.scaffold_lr,
@@ -255,7 +259,8 @@ def _run_stages(config: DemoConfig, out: Path, server, timings: dict) -> dict:
         label_space=list(label_space),
         factories=[FactoryEntry(c["repo"], c["revision"]) for c in clients],
         synthesis=SynthesisConfig(samples_per_class=config.samples_per_class, sampler=config.sampler,
-                                  num_inference_steps=config.num_inference_steps, batch_size=100, seed=config.seed),
+                                  num_inference_steps=config.num_inference_steps, batch_size=100, seed=config.seed,
+                                  precision=config.synthesis_precision),
         classifier=classifier.to_dict(),
         evaluation={"dataset": config.dataset, "split": "test", "image_size": config.image_size,
                     "channels": config.channels},

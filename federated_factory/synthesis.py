@@ -199,6 +199,8 @@ class ChunkCache:
             "guidance": s.guidance_scale,
             "chunk": s.batch_size,
         }
+        if s.precision != "fp32":  # fp32 streams keep the keys they had before precision was a setting
+            spec["precision"] = s.precision
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
 
     def path(self, shard: Shard, chunk: int) -> Path:
@@ -257,6 +259,7 @@ def synthesize(plan: SynthesisPlan, factories: list[PulledFactory], cache: Chunk
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
     main = accelerator.is_main_process if accelerator else True
+    device_type = accelerator.device.type if accelerator else "cpu"
     s = cache.synthesis
     work = [(shard, k) for shard in plan.shards for k in shard.chunks(s.batch_size)]
     mine = [item for i, item in enumerate(work) if i % world == rank and not cache.has(*item)]
@@ -276,14 +279,15 @@ def synthesize(plan: SynthesisPlan, factories: list[PulledFactory], cache: Chunk
                 pipe.to(accelerator.device)  # the initial noise still comes from the CPU generator
             pipelines[shard.repo] = pipe
         generator = torch.Generator().manual_seed(chunk_seed(shard.stream_seed, k))
-        out = pipelines[shard.repo](
-            shard.class_name,
-            num_images=s.batch_size,
-            num_inference_steps=s.num_inference_steps,
-            guidance_scale=s.guidance_scale,
-            generator=generator,
-            output_type="np",
-        ).images
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=s.precision == "bf16"):
+            out = pipelines[shard.repo](
+                shard.class_name,
+                num_images=s.batch_size,
+                num_inference_steps=s.num_inference_steps,
+                guidance_scale=s.guidance_scale,
+                generator=generator,
+                output_type="np",
+            ).images
         cache.write(shard, k, np.round(out * 255).astype(np.uint8).transpose(0, 3, 1, 2))
         stats.chunks_generated += 1
         stats.images_generated += s.batch_size

@@ -71,13 +71,14 @@ def test_manifest_reports_every_problem_at_once():
     bad = {
         "label_space": ["a", "a"],
         "factories": [{"repo": "not a repo"}, "org/x@abc", {"repo": "org/x"}],
-        "synthesis": {"sampler": "euler", "samples_per_class": 0},
+        "synthesis": {"sampler": "euler", "samples_per_class": 0, "precision": "fp16"},
         "colour": "blue",
     }
     with pytest.raises(ManifestError) as err:
         parse_manifest(bad)
     message = str(err.value)
-    for expected in ("duplicate class names", "not a valid repo id", "listed twice", "euler", "samples_per_class", "colour"):
+    for expected in ("duplicate class names", "not a valid repo id", "listed twice", "euler", "samples_per_class",
+                     "synthesis.precision", "colour"):
         assert expected in message
 
 
@@ -266,6 +267,37 @@ def test_interrupted_synthesis_resumes_from_cached_chunks(federation, tmp_path):
     assert assemble_dataset(plan, cache)["image"] == reference["image"]
     third = synthesize(plan, factories, cache, progress=False)
     assert third.chunks_generated == 0
+
+
+def test_bf16_synthesis_is_deterministic_close_to_fp32_and_cached_apart(federation, tmp_path):
+    """bf16 autocast changes the images (by at most a couple of grey levels here), so its chunks live under
+    their own cache keys; fp32 keys stay what they were before precision was a setting."""
+    import dataclasses
+
+    from federated_factory.synthesis import ChunkCache, assemble_dataset, plan_synthesis, pull_factories, synthesize
+
+    manifest = federation["manifest"]
+    bf16 = dataclasses.replace(manifest.synthesis, precision="bf16")
+    _, factories = pull_factories(manifest, token=federation["token"])
+    plan = plan_synthesis(manifest.label_space, factories, manifest.synthesis)
+    fp32_cache = ChunkCache(tmp_path / "chunks", manifest.synthesis)
+    bf16_cache = ChunkCache(tmp_path / "chunks", bf16)
+    shard = plan.shards[0]
+    assert fp32_cache.stream_key(shard) != bf16_cache.stream_key(shard)
+    assert "precision" not in manifest.to_dict()["synthesis"]  # the default is left out of the manifest
+    assert dataclasses.replace(manifest, synthesis=bf16).content_hash() != manifest.content_hash()
+
+    synthesize(plan, factories, fp32_cache, progress=False)
+    total = sum(len(list(s.chunks(bf16.batch_size))) for s in plan.shards)
+    assert synthesize(plan, factories, bf16_cache, progress=False).chunks_generated == total  # none reused
+    fp32 = np.stack([np.asarray(im, dtype=np.int16) for im in assemble_dataset(plan, fp32_cache)["image"]])
+    half = np.stack([np.asarray(im, dtype=np.int16) for im in assemble_dataset(plan, bf16_cache)["image"]])
+    again_cache = ChunkCache(tmp_path / "again", bf16)
+    synthesize(plan, factories, again_cache, progress=False)
+    again = np.stack([np.asarray(im, dtype=np.int16) for im in assemble_dataset(plan, again_cache)["image"]])
+    assert np.array_equal(half, again)  # deterministic
+    assert not np.array_equal(half, fp32)
+    assert np.abs(half - fp32).mean() < 2.0  # grey levels out of 255: the same images up to rounding
 
 
 # ---- unlearning ------------------------------------------------------------------------------------
