@@ -5,8 +5,9 @@
 #   2. probe: one factory at the `gpu` preset (benchmarks/factory_client.py): training and sampling rates;
 #   3. benchmark: blood-cells-32 silos at the `gpu` preset, its factory steps sized from the probe so that
 #      the 8 factories fit FACTORY_BUDGET_S seconds of GPU time (the steps used are in COMMAND.md). The 8
-#      hospitals train as 8 processes on the one GPU; measured on an H100 they shared it with no gain in
-#      total rate over one process (the gpu-preset UNet keeps the GPU busy), so size by rate / 8.
+#      hospitals train as 8 processes on the one GPU; the steps assume they share it with no gain in total
+#      rate over one process (not measured: the first lease's run stopped at its time limit with no stage
+#      output), so they are sized by rate / 8.
 # Where the machine lacks packages, wheels in .whl/ are installed first; the dataset is read from
 # ../shared/data/blood-cells-32 (or from .gpudata/blood-cells-32, linked there).
 set -euo pipefail
