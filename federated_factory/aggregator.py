@@ -6,7 +6,6 @@ Every process runs every step; file writes, evaluation and publishing happen on 
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write_json
 from .hub.manifest import Manifest
 from .synthesis import ChunkCache, assemble_dataset, plan_synthesis, pull_factories, synthesize
 
@@ -50,13 +50,6 @@ class AggregationResult:
             "timings": self.timings,
             "trained_classes": self.trained_classes,
         }
-
-
-def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
 
 
 def synthetic_sample_grid(dataset, label_space: list[str], per_class: int = 10):
@@ -162,7 +155,7 @@ def aggregate(
             t0 = time.perf_counter()
             aggregation.published = publish_outputs(resolved, dataset, aggregation.to_dict(), output_dir, token=token)
             timings["publish_seconds"] = time.perf_counter() - t0
-        _write_json(output_dir / "results.json", aggregation.to_dict())
+        atomic_write_json(output_dir / "results.json", aggregation.to_dict())
     accelerator.wait_for_everyone()
     return aggregation
 

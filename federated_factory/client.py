@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_writer
 from .errors import FactoryError
 from .tensors import images_to_uint8
 
@@ -383,22 +384,20 @@ def train_factory(
 def _save_checkpoint(ckpt_dir: Path, unet, ema, optimizer, lr_schedule, generator, step: int, losses: list[float],
                      run: dict | None = None):
     """Atomically write a resumable training state (local only: checkpoints are never published)."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt_dir / "state.pt.tmp"
-    torch.save(
-        {
-            "unet": unet.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "lr_schedule": lr_schedule.state_dict(),
-            "generator": generator.get_state(),
-            "step": step,
-            "losses": losses,
-            "run": run,
-        },
-        tmp,
-    )
-    tmp.replace(ckpt_dir / "state.pt")
+    with atomic_writer(ckpt_dir / "state.pt") as handle:
+        torch.save(
+            {
+                "unet": unet.state_dict(),
+                "ema": ema.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "lr_schedule": lr_schedule.state_dict(),
+                "generator": generator.get_state(),
+                "step": step,
+                "losses": losses,
+                "run": run,
+            },
+            handle,
+        )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ Stages (each timed, all numbers land in `results.json`):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import shutil
@@ -25,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import atomic_write_json
 
 
 @dataclass
@@ -180,9 +181,7 @@ def _quiet_library_progress_bars() -> None:
 
 
 def _write_results(out: Path, results: dict) -> None:
-    tmp = out / ".results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True, default=_json_default))
-    tmp.replace(out / "results.json")
+    atomic_write_json(out / "results.json", results, default=_json_default)
 
 
 def _json_default(value):

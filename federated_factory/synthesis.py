@@ -13,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_writer
 from .errors import ManifestError
 from .hub.manifest import FactoryEntry, Manifest, SynthesisConfig
 
@@ -210,12 +210,8 @@ class ChunkCache:
         return self.path(shard, chunk).exists()
 
     def write(self, shard: Shard, chunk: int, images: np.ndarray) -> None:
-        path = self.path(shard, chunk)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as handle:
+        with atomic_writer(self.path(shard, chunk)) as handle:
             np.save(handle, images)
-        os.replace(tmp, path)
 
     def read(self, shard: Shard, chunk: int) -> np.ndarray:
         return np.load(self.path(shard, chunk))

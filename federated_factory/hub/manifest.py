@@ -28,14 +28,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
+from ..atomic import atomic_writer
 from ..errors import ManifestError
 from ..pipeline import SAMPLERS
 
@@ -97,11 +96,8 @@ class Manifest:
     def save(self, path: str | Path) -> Path:
         """Write the manifest as YAML, atomically (a temp file renamed over the target)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
+        with atomic_writer(path, "w") as handle:
             yaml.safe_dump(self.to_dict(), handle, sort_keys=False)
-        os.replace(tmp, path)
         return path
 
     def without(self, repo: str) -> Manifest:
