@@ -1,4 +1,4 @@
-"""`federated-factory` command line: demo | train-client | aggregate | unlearn | hub serve | data summary | report.
+"""`federated-factory` command line: demo | train-client | aggregate | unlearn | hub serve | hub gc | data summary | report.
 
 Each sub-command's arguments are defined by an ``add_*_arguments`` function that the thin scripts in
 `recipes/` reuse, so `federated-factory aggregate ...` and `accelerate launch recipes/aggregate.py ...`
@@ -171,12 +171,25 @@ def build_parser() -> argparse.ArgumentParser:
     hub_sub = hub.add_subparsers(dest="hub_command", required=True)
     serve = hub_sub.add_parser("serve", help="run the endpoint in the foreground", add_help=False)
     serve.set_defaults(func=None, passthrough="hub-serve")
+    gc = hub_sub.add_parser(
+        "gc", help="delete unreferenced blobs, commits and expired LFS uploads of a stopped endpoint's data directory"
+    )
+    gc.add_argument("--data-dir", required=True, help="the endpoint's data directory")
+    gc.add_argument("--grace-seconds", type=float, help="keep LFS uploads never committed this long (default: 1 day)")
+    gc.set_defaults(func=_hub_gc)
 
     data = sub.add_parser("data", help="data sources and partitions")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     summary = data_sub.add_parser("summary", help="client × class table of a partition", add_help=False)
     summary.set_defaults(func=None, passthrough="data-summary")
     return parser
+
+
+def _hub_gc(args: argparse.Namespace) -> int:
+    from .hub.server import gc_main
+
+    grace = [] if args.grace_seconds is None else ["--grace-seconds", str(args.grace_seconds)]
+    return gc_main(["--data-dir", args.data_dir, *grace])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import requests
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, hf_hub_download
 from huggingface_hub.errors import RepositoryNotFoundError
 
+from federated_factory.cli import main as cli_main
 from federated_factory.hub import _storage
 from federated_factory.hub.server import HubServer, gc_main
 
@@ -136,7 +137,7 @@ def test_uploads_never_committed_are_collected_after_the_grace_period(tmp_path, 
         server.stop()
     assert gc_main(["--data-dir", str(data_dir)]) == 0  # default grace period: kept
     assert _leaks(data_dir, orphan)
-    assert gc_main(["--data-dir", str(data_dir), "--grace-seconds", "0"]) == 0
+    assert cli_main(["hub", "gc", "--data-dir", str(data_dir), "--grace-seconds", "0"]) == 0
     assert "removed 1 blobs" in capsys.readouterr().out
     assert _leaks(data_dir, orphan) == []
     with HubServer(data_dir, {TOKEN: ("alice", "write")}) as again:  # the repo itself is intact
