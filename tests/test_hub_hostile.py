@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from federated_factory.hub.frontmatter import MAX_CARD_JSON, MAX_CARD_YAML
 from federated_factory.hub.server import HubServer
 
 TOKENS = {"alice": "hostile-alice-token", "reader": "hostile-reader-token"}
@@ -222,7 +223,7 @@ def test_cards_json_cannot_carry_are_converted_dropped_or_capped(endpoint, tmp_p
         "s: !!set {a: null, b: null}\n1: one\ntags: [x]\n---\n# card\n",
         "bomb": "---\na: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
         "c: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n---\n",
-        "huge": "---\nbig: [" + ", ".join(["\u6f22\u5b57"] * 25_000) + "]\n---\n",  # 100 KB of YAML, 600 KB of JSON
+        "huge": "---\nbig: [" + ", ".join(["\u6f22\u5b57\u6f22\u5b57"] * 9_000) + "]\n---\n",  # 54 KB of YAML, 240 KB of JSON
     }
     expected = {
         "odd": {"d": "2020-01-01", "t": "2001-12-14T21:59:43.100000-05:00", "n": None, "i": None, "s": ["a", "b"],
@@ -230,13 +231,14 @@ def test_cards_json_cannot_carry_are_converted_dropped_or_capped(endpoint, tmp_p
         "bomb": None,
         "huge": None,
     }
+    assert MAX_CARD_YAML > len(cases["huge"]) and len(json.dumps(cases["huge"])) > MAX_CARD_JSON
     for stem, card in cases.items():
         repo_id = f"alice/card-{stem}-{uuid.uuid4().hex[:6]}"
         api.create_repo(repo_id)
         # Upload without the client's own validation (it would refuse the bomb): a hostile member could do this.
         body = _ndjson(HEADER, _file("README.md", card.encode()), _file("w.txt", b"weights"))
         assert _commit(endpoint.url, repo_id, body).status_code == 200
-        r = requests.get(f"{endpoint.url}/api/models/{repo_id}", headers=_auth(), timeout=10)
+        r = requests.get(f"{endpoint.url}/api/models/{repo_id}", headers=_auth(), timeout=60)
         assert r.status_code == 200 and len(r.content) < 50_000
         assert r.json().get("cardData") == expected[stem]
         local = snapshot_download(repo_id, cache_dir=tmp_path / stem, token=TOKENS["alice"], endpoint=endpoint.url)

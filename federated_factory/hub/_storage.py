@@ -4,12 +4,21 @@ Layout under ``data_dir``::
 
     blobs/<aa>/<sha256>                 file contents, named by their sha256 (shared by every repo)
     tmp/                                uploads and staged writes (same filesystem, so ``os.replace`` is atomic)
-    locks/<type>s/<ns>/<name>.lock      per-repo lock files (``flock``), next to an in-process ``threading.Lock``
+    trash/                              repos being deleted (emptied at once, and at start and at every collection)
+    locks/<type>s/<ns>/<name>.lock      per-repo lock files (``flock``, names lower-cased: ids ignore case), next to
+                                        an in-process ``threading.Lock``
     repos/<type>s/<ns>/<name>/
         repo.json                       {"id", "type", "private", "createdAt"}
         refs.json                       {"branches": {"main": "<commit id>"}, "tags": {}}
         commits/<id>.json               one immutable file per commit: parents, author, message, date, full tree
-        lfs/<sha256>                    LFS objects uploaded *to this repo* (a commit may only reference these)
+        lfs/<sha256>                    LFS objects uploaded *to this repo* (a commit may only reference these):
+                                        {"size", "pushedAt", "committed", "filename", "ref"} (what list_lfs_files
+                                        shows); a bare size is the format before garbage collection (= committed)
+
+Modes: directories 0700, files 0600, blobs 0400, whatever the process umask. Blobs of a commit are flushed (file
+and directory) before the commit file, and the commit file before ``refs.json``. Inline files of a commit are
+staged in ``tmp/`` and enter ``blobs/`` only when the commit is accepted. Garbage collection (:mod:`._gc`) runs
+exclusively: uploads and commits hold the shared side of one lock while they add blobs.
 
 Every state change is written to a temporary file and moved into place with ``os.replace``; a commit only becomes
 visible when ``refs.json`` is replaced, so a crash or a rejected request leaves the previous revision intact. All
@@ -18,14 +27,11 @@ state is on disk: a restarted server sees everything.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-import errno
 import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import threading
 import time
@@ -37,7 +43,34 @@ from datetime import datetime, timezone
 
 from federated_factory.atomic import atomic_write_json
 
-from .ids import COMMIT_SHA_RE, SHA256_RE, SHORT_COMMIT_RE
+from ._fs import BLOB_MODE, DIR_MODE, FILE_MODE, NO_SPACE_ERRNOS, _fsync_dir  # noqa: F401
+from ._gc import LFS_GRACE_SECONDS, GarbageCollector, GcReport  # noqa: F401
+from .ids import SHORT_COMMIT_RE
+from .repo_model import (  # noqa: F401  (re-exported: the endpoint's modules import them from here)
+    _COMMIT_RE,
+    _SHA256_RE,
+    GITATTRIBUTES,
+    LFS_SIZE_THRESHOLD,
+    LFS_SUFFIXES,
+    MAX_PATH_LENGTH,
+    REPO_TYPES,
+    RESERVED_NAMESPACES,
+    Commit,
+    FileEntry,
+    RepoKey,
+    StorageError,
+    TreeIndex,
+    _check_no_file_folder_clash,
+    _now,
+    git_blob_sha1,
+    is_lfs_path,
+    lfs_pointer,
+    validate_name,
+    validate_namespace,
+    validate_path,
+    validate_ref_name,
+    validate_repo_type,
+)
 
 logger = logging.getLogger("federated_factory.hub")
 
@@ -46,118 +79,6 @@ try:  # POSIX only; on other platforms the in-process lock is all we have.
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
-REPO_TYPES = ("model", "dataset")
-RESERVED_NAMESPACES = frozenset(
-    {"api", "datasets", "models", "spaces", "kernels", "buckets", "docs", "settings", "organizations", "new", "login"}
-)
-# Same spirit as huggingface_hub's validator: ASCII word characters, '-' and '.', starting and ending with a word
-# character, no '--' or '..', at most 96 characters.
-_NAME_RE = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?$")
-_SHA256_RE = SHA256_RE
-_COMMIT_RE = COMMIT_SHA_RE
-_BRANCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-MAX_PATH_LENGTH = 1024
-LFS_GRACE_SECONDS = 24 * 3600  # LFS objects uploaded but never committed are collected after this long
-DIR_MODE = 0o700
-FILE_MODE = 0o600
-BLOB_MODE = 0o400
-NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)})
-LFS_POINTER_TEMPLATE = "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n"
-
-# Files matching these suffixes (or of at least LFS_SIZE_THRESHOLD bytes) are uploaded through LFS; the list follows
-# the .gitattributes the Hub writes into every new repo.
-LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
-LFS_SUFFIXES = (
-    ".7z", ".arrow", ".bin", ".bz2", ".ckpt", ".ftz", ".gz", ".h5", ".joblib", ".mlmodel", ".model", ".msgpack",
-    ".npy", ".npz", ".onnx", ".ot", ".parquet", ".pb", ".pickle", ".pkl", ".pt", ".pth", ".rar", ".safetensors",
-    ".tar", ".tflite", ".tgz", ".wasm", ".xz", ".zip", ".zst", ".png", ".jpg", ".jpeg", ".gif", ".webp", ".tiff",
-    ".wav", ".mp3", ".flac", ".ogg", ".gguf",
-)  # fmt: skip
-GITATTRIBUTES = "".join(f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n" for suffix in LFS_SUFFIXES)
-
-
-class StorageError(Exception):
-    """A request cannot be carried out; ``status`` and ``code`` say how to answer it over HTTP."""
-
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.headers = headers or {}
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def git_blob_sha1(size: int, chunks: Iterator[bytes] | list[bytes]) -> str:
-    h = hashlib.sha1(f"blob {size}\0".encode())
-    for chunk in chunks:
-        h.update(chunk)
-    return h.hexdigest()
-
-
-def lfs_pointer(oid: str, size: int) -> bytes:
-    return LFS_POINTER_TEMPLATE.format(oid=oid, size=size).encode()
-
-
-def is_lfs_path(path: str, size: int) -> bool:
-    """The upload mode the endpoint asks for: LFS for big files and binary formats, regular otherwise."""
-    return size >= LFS_SIZE_THRESHOLD or path.lower().endswith(LFS_SUFFIXES)
-
-
-def validate_name(value: str, what: str) -> str:
-    if not isinstance(value, str) or not _NAME_RE.match(value) or "--" in value or ".." in value:
-        raise StorageError(
-            400,
-            f"Invalid {what} {value!r}: use 1-96 letters, digits, '-', '_' or '.', starting and ending with a letter, "
-            "digit or '_', without '--' or '..'.",
-        )
-    if value.endswith(".git"):
-        raise StorageError(400, f"Invalid {what} {value!r}: it must not end with '.git'.")
-    return value
-
-
-def validate_namespace(value: str) -> str:
-    validate_name(value, "namespace")
-    if value.lower() in RESERVED_NAMESPACES:
-        raise StorageError(400, f"Invalid namespace {value!r}: this name is reserved.")
-    return value
-
-
-def validate_repo_type(value: str | None) -> str:
-    value = value or "model"
-    if value not in REPO_TYPES:
-        raise StorageError(400, f"Invalid repo type {value!r}: this endpoint serves 'model' and 'dataset' repos.")
-    return value
-
-
-def validate_ref_name(value: str, what: str = "branch") -> str:
-    if not isinstance(value, str) or not _BRANCH_RE.match(value) or ".." in value or value.endswith((".lock", ".")):
-        raise StorageError(400, f"Invalid {what} name {value!r}: use letters, digits, '.', '_' and '-'.")
-    if _COMMIT_RE.match(value):
-        raise StorageError(400, f"Invalid {what} name {value!r}: it looks like a commit id.")
-    return value
-
-
-def validate_path(path: object, *, what: str = "path") -> str:
-    """A file path inside a repo: relative, '/'-separated, no '.', '..' or empty segment, no backslash or NUL."""
-    if not isinstance(path, str) or not path:
-        raise StorageError(400, f"Invalid {what}: expected a non-empty string.")
-    if len(path) > MAX_PATH_LENGTH:
-        raise StorageError(400, f"Invalid {what}: longer than {MAX_PATH_LENGTH} characters.")
-    if "\x00" in path or "\\" in path or any(ord(c) < 32 for c in path):
-        raise StorageError(400, f"Invalid {what} {path!r}: control characters and backslashes are not allowed.")
-    if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
-        raise StorageError(400, f"Invalid {what} {path!r}: absolute paths are not allowed.")
-    parts = path.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        raise StorageError(400, f"Invalid {what} {path!r}: empty, '.' and '..' segments are not allowed.")
-    if parts[0] == ".git":
-        raise StorageError(400, f"Invalid {what} {path!r}: '.git' is reserved.")
-    return path
-
 
 def _atomic_write_json(path: str, data: object, tmp_dir: str) -> None:
     """Replace ``path`` with ``data`` as JSON (mode 0600), flushed with its directory (``tmp_dir``: unused, kept
@@ -165,159 +86,9 @@ def _atomic_write_json(path: str, data: object, tmp_dir: str) -> None:
     atomic_write_json(path, data, indent=None, default=None, fsync=True)
 
 
-def _fsync_dir(path: str) -> None:
-    """Make a rename durable (POSIX); best effort elsewhere."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def _mkstemp(tmp_dir: str, suffix: str) -> tuple[int, str]:
     path = os.path.join(tmp_dir, f"{uuid.uuid4().hex}{suffix}")
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), path
-
-
-@dataclass(frozen=True)
-class RepoKey:
-    repo_type: str
-    namespace: str
-    name: str
-
-    @property
-    def repo_id(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    @property
-    def url_prefix(self) -> str:
-        return "" if self.repo_type == "model" else f"{self.repo_type}s/"
-
-    def __str__(self) -> str:
-        return f"{self.repo_type} {self.repo_id}"
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    sha256: str
-    size: int
-    lfs: bool
-    git_oid: str  # git blob sha1 of the content (regular) or of the LFS pointer (LFS)
-    last_commit: str
-
-    def to_json(self) -> list:
-        return [self.sha256, self.size, self.lfs, self.git_oid, self.last_commit]
-
-    @classmethod
-    def from_json(cls, data: list) -> FileEntry:
-        return cls(data[0], data[1], data[2], data[3], data[4])
-
-    @property
-    def etag(self) -> str:
-        """What the Hub sends as ETag: the sha256 for LFS files, the git blob sha1 for regular ones."""
-        return self.sha256 if self.lfs else self.git_oid
-
-    @property
-    def pointer_size(self) -> int:
-        return len(lfs_pointer(self.sha256, self.size))
-
-
-@dataclass
-class Commit:
-    id: str
-    parents: list[str]
-    author: str
-    title: str
-    message: str
-    date: str
-    tree: dict[str, FileEntry]
-
-    def to_json(self) -> dict:
-        return {
-            "id": self.id,
-            "parents": self.parents,
-            "author": self.author,
-            "title": self.title,
-            "message": self.message,
-            "date": self.date,
-            "tree": {path: entry.to_json() for path, entry in self.tree.items()},
-        }
-
-    @classmethod
-    def from_json(cls, data: dict) -> Commit:
-        return cls(
-            id=data["id"],
-            parents=data["parents"],
-            author=data["author"],
-            title=data["title"],
-            message=data["message"],
-            date=data["date"],
-            tree={path: FileEntry.from_json(value) for path, value in data["tree"].items()},
-        )
-
-
-@dataclass
-class TreeIndex:
-    """Folder structure of one commit (immutable, so it is cached)."""
-
-    commit: Commit
-    children: dict[str, list[str]] = field(default_factory=dict)  # folder ("" = root) -> direct children paths
-    folder_oids: dict[str, str] = field(default_factory=dict)
-    all_paths: list[str] = field(default_factory=list)  # every file and folder, sorted
-    _folder_last: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def build(cls, commit: Commit) -> TreeIndex:
-        index = cls(commit)
-        children: dict[str, set[str]] = {"": set()}
-        for path in commit.tree:
-            parts = path.split("/")
-            for depth in range(len(parts)):
-                children.setdefault("/".join(parts[:depth]), set()).add("/".join(parts[: depth + 1]))
-        index.children = {folder: sorted(kids) for folder, kids in children.items()}
-        index.all_paths = sorted((set(commit.tree) | set(index.children)) - {""})
-        for folder in index._deepest_first():
-            h = hashlib.sha1()
-            for child in index.children[folder]:
-                entry = commit.tree.get(child)
-                oid = entry.git_oid if entry is not None else index.folder_oids[child]
-                h.update(f"{child}\0{oid}\n".encode())
-            index.folder_oids[folder] = h.hexdigest()
-        return index
-
-    def _deepest_first(self) -> list[str]:
-        return sorted(self.children, key=lambda f: -f.count("/") if f else 1)
-
-    def below(self, folder: str) -> list[str]:
-        """Every file and folder below ``folder`` (recursive listing), sorted."""
-        if not folder:
-            return self.all_paths
-        prefix = folder + "/"
-        start = bisect.bisect_left(self.all_paths, prefix)
-        end = bisect.bisect_left(self.all_paths, folder + "0")  # '0' is the character after '/'
-        return self.all_paths[start:end]
-
-    def is_folder(self, path: str) -> bool:
-        return path in self.children and path not in self.commit.tree
-
-    def folder_last_commit(self, folder: str, date_of) -> str:
-        """The most recent of the last commits of the files below ``folder`` (``date_of``: commit id -> date)."""
-        if not self._folder_last:
-            last: dict[str, str] = {}
-            for name in self._deepest_first():
-                best = ("", "")
-                for child in self.children[name]:
-                    entry = self.commit.tree.get(child)
-                    cid = entry.last_commit if entry is not None else last[child]
-                    best = max(best, (date_of(cid), cid))
-                last[name] = best[1]
-            self._folder_last = last
-        return self._folder_last[folder]
 
 
 class _SharedExclusiveLock:
@@ -376,18 +147,6 @@ class LfsObject:
     ref: str | None
 
 
-@dataclass
-class GcReport:
-    """What one garbage collection removed."""
-
-    blobs: int = 0
-    bytes: int = 0
-    commits: int = 0
-    lfs_objects: int = 0
-    temp_files: int = 0
-    skipped_repos: list[str] = field(default_factory=list)
-
-
 def _write_private(path: str, data: bytes) -> None:
     """Create ``path`` (mode 0600) with ``data``, flushed to disk."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
@@ -397,15 +156,17 @@ def _write_private(path: str, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-class Storage:
-    """Thread-safe access to the endpoint's data directory."""
+class Storage(GarbageCollector):
+    """Thread-safe access to the endpoint's data directory (garbage collection: :class:`._gc.GarbageCollector`)."""
 
     def __init__(self, data_dir: str | os.PathLike[str]):
         self.root = os.path.abspath(os.fspath(data_dir))
         self.tmp_dir = os.path.join(self.root, "tmp")
+        is_new = not os.path.exists(self.root) or not os.listdir(self.root)
         os.makedirs(self.root, mode=DIR_MODE, exist_ok=True)
-        with contextlib.suppress(OSError):  # e.g. a directory owned by someone else: then we cannot tighten it
-            os.chmod(self.root, DIR_MODE)
+        if is_new or os.path.isdir(os.path.join(self.root, "repos")):  # never re-mode a directory that is not ours
+            with contextlib.suppress(OSError):  # e.g. owned by someone else: then we cannot tighten it
+                os.chmod(self.root, DIR_MODE)
         for sub in ("blobs", "tmp", "locks", "repos", "trash"):
             os.makedirs(os.path.join(self.root, sub), mode=DIR_MODE, exist_ok=True)
         self._locks: dict[tuple[str, str, str], threading.Lock] = {}
@@ -928,97 +689,3 @@ class Storage:
             for name in sorted(os.listdir(ns_dir)) if os.path.isdir(ns_dir) else []:
                 if os.path.isfile(os.path.join(ns_dir, name, "repo.json")):
                     yield RepoKey(repo_type, namespace, name)
-
-    # ------------------------------------------------------------------------------------------ garbage collection
-    def collect_garbage(self, grace_seconds: float = LFS_GRACE_SECONDS) -> GcReport:
-        """Delete every blob, commit and upload record that nothing references any more.
-
-        Kept: commits reachable from a branch or tag of a repo; blobs of their files; LFS objects recorded for a
-        repo (uploaded and committed, until ``permanently_delete_lfs_files``; uploaded and never committed, for
-        ``grace_seconds``). Everything else under ``blobs/`` and ``trash/`` is deleted. Runs exclusively: uploads
-        and commits wait for it.
-        """
-        report = GcReport()
-        cutoff = time.time() - grace_seconds
-        with self._gc_lock.exclusive():
-            referenced: set[str] = set()
-            for repo_type in REPO_TYPES:
-                for key in list(self.list_repos(repo_type)):
-                    try:
-                        referenced |= self._collect_repo(key, cutoff, report)
-                    except (ValueError, KeyError, TypeError, StorageError) as exc:
-                        # An unreadable repo: keep everything it might reference (refuse to guess), and say so.
-                        logger.error("GC skipped %s: %s", key, exc)
-                        report.skipped_repos.append(str(key))
-                        return report
-            trash = os.path.join(self.root, "trash")
-            for name in os.listdir(trash):
-                shutil.rmtree(os.path.join(trash, name), ignore_errors=True)
-            blobs = os.path.join(self.root, "blobs")
-            for shard in os.listdir(blobs):
-                shard_dir = os.path.join(blobs, shard)
-                for name in os.listdir(shard_dir) if os.path.isdir(shard_dir) else []:
-                    if name not in referenced:
-                        path = os.path.join(shard_dir, name)
-                        with contextlib.suppress(FileNotFoundError):
-                            size = os.stat(path).st_size
-                            os.unlink(path)
-                            report.blobs += 1
-                            report.bytes += size
-                with contextlib.suppress(OSError):
-                    if not os.listdir(shard_dir):
-                        os.rmdir(shard_dir)
-                _fsync_dir(shard_dir) if os.path.isdir(shard_dir) else None
-        return report
-
-    def _collect_repo(self, key: RepoKey, cutoff: float, report: GcReport) -> set[str]:
-        """Delete the unreachable commits and expired upload records of one repo; return the blobs it references."""
-        repo = self.repo_dir(key)
-        refs = self.refs(key)
-        reachable: set[str] = set()
-        pending = list(refs["branches"].values()) + list(refs.get("tags", {}).values())
-        referenced: set[str] = set()
-        while pending:
-            cid = pending.pop()
-            if cid in reachable:
-                continue
-            reachable.add(cid)
-            commit = self.get_commit(key, cid)
-            referenced.update(entry.sha256 for entry in commit.tree.values())
-            pending.extend(commit.parents)
-        commits_dir = os.path.join(repo, "commits")
-        for name in os.listdir(commits_dir):
-            if name.endswith(".json") and name[:-5] in reachable:
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(commits_dir, name))
-                report.commits += 1
-        for name in os.listdir(repo):  # temp files of an interrupted atomic write
-            if name.startswith(".") and name.endswith(".tmp"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(repo, name))
-                    report.temp_files += 1
-        lfs_dir = os.path.join(repo, "lfs")
-        for name in os.listdir(lfs_dir):
-            path = os.path.join(lfs_dir, name)
-            obj = self.lfs_object(key, name) if _SHA256_RE.match(name) else None
-            expired = obj is not None and not obj.committed and name not in referenced and os.stat(path).st_mtime < cutoff
-            if obj is None or expired:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-                    report.lfs_objects += 1
-            else:
-                referenced.add(name)
-        self._forget(key)
-        return referenced
-
-
-def _check_no_file_folder_clash(tree: dict[str, FileEntry]) -> None:
-    for path in tree:
-        parts = path.split("/")
-        for depth in range(1, len(parts)):
-            prefix = "/".join(parts[:depth])
-            if prefix in tree:
-                raise StorageError(
-                    400, f"'{prefix}' is a file, so '{path}' cannot be created below it (and vice versa)."
-                )
