@@ -49,7 +49,7 @@ def federation(hub, tmp_path_factory):
         rows = np.concatenate([np.flatnonzero(labels == d)[: counts[d]] for d in digits])
         repo = f"{owners[name]}-org/factory"
         published, _ = run_client(train.select(np.sort(rows)), repo, config, token=tokens[name],
-                                  audit_samples_per_class=4, progress=False)
+                                  audit_samples_per_class=16, progress=False)
         refs[name] = published
     manifest = Manifest(
         federation="test-federation",
@@ -323,7 +323,9 @@ def test_unlearning_removes_every_example_of_the_client(unlearned, federation):
     dataset = load_from_disk(str(out / "out" / "synthetic"))
     assert removed not in set(dataset["source_repo"])
     assert certificate["examples_from_removed"] == 0
-    assert certificate["removed"] == {"repo": removed, "revision": federation["refs"]["C"].revision}
+    assert certificate["removed"] == {"repo": removed, "revision": federation["refs"]["C"].revision,
+                                      "digest": certificate["manifest_before"]["factories"][2]["digest"]}
+    assert len(certificate["removed"]["digest"]) == 64
     assert certificate["manifest_hash_before"] != certificate["manifest_hash_after"]
     assert removed not in [f["repo"] for f in certificate["manifest_after"]["factories"]]
 
