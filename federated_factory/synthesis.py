@@ -119,11 +119,12 @@ def pull_factories(
     Every problem of every factory is collected and raised together as one `ManifestError`, before any
     compute starts.
     """
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
     from .privacy_gate import gate_factory
 
     policy = privacy if privacy is not None else manifest.privacy
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     api = HfApi(token=token)
     problems, resolved, pulled = [], [], []
