@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write_json
+from .errors import ManifestError
 from .hub.manifest import Manifest
 from .synthesis import ChunkCache, assemble_dataset, plan_synthesis, pull_factories, synthesize
 
@@ -36,6 +37,7 @@ class AggregationResult:
     timings: dict = field(default_factory=dict)
     trained_classes: list[str] = field(default_factory=list)
     classifier_path: Path | None = None
+    privacy_gate: dict = field(default_factory=dict)  # the gate's settings and each factory's verdict
 
     def to_dict(self) -> dict:
         return {
@@ -49,6 +51,7 @@ class AggregationResult:
             "published": self.published,
             "timings": self.timings,
             "trained_classes": self.trained_classes,
+            "privacy_gate": self.privacy_gate,
         }
 
 
@@ -79,12 +82,15 @@ def aggregate(
 ) -> AggregationResult:
     """Run the federation's one round for ``manifest`` and return what it produced.
 
-    Problems with the manifest or its factories raise `ManifestError` before any compute starts.
+    Problems with the manifest or its factories (including factories refused by the privacy gate, see
+    `federated_factory.privacy_gate`) raise `ManifestError` before any compute starts; so does a
+    ``classifier.init_from`` whose lineage includes a factory that the manifest's history removed.
     """
     from accelerate import Accelerator
 
     from .classifier import ClassifierConfig, evaluate_classifier, plot_confusion_matrix, save_classifier, train_classifier
     from .plots import label_distribution
+    from .privacy_gate import policy_summary
 
     accelerator = accelerator or Accelerator(cpu=not _cuda())
     output_dir = Path(output_dir or manifest.output_dir)
@@ -95,6 +101,17 @@ def aggregate(
     with accelerator.main_process_first():
         resolved_entries, factories = pull_factories(manifest, token=token)
     resolved = Manifest(**{**manifest.__dict__, "factories": resolved_entries})
+    lineage = None
+    if resolved.classifier.get("init_from") and resolved.history:
+        from .unlearning import check_init_from
+
+        removed = [r["removed"] for r in resolved.history if isinstance(r, dict) and r.get("removed")]
+        lineage = check_init_from(resolved.classifier["init_from"], removed, token=token, error=ManifestError)
+    privacy_gate = {**policy_summary(resolved.privacy), "factories": [f.privacy for f in factories]}
+    for gate in privacy_gate["factories"]:
+        if gate["verdict"] == "overridden":
+            accelerator.print(f"warning: {gate['repo']} fails the privacy gate ({'; '.join(gate['problems'])}); used "
+                              f"under the manifest's override: {gate['override_reason']}")
     timings["pull_seconds"] = time.perf_counter() - t_start
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -143,7 +160,10 @@ def aggregate(
         evaluation=None,
         timings=timings,
         trained_classes=trained_classes,
+        privacy_gate=privacy_gate,
     )
+    if lineage is not None:
+        aggregation.training["init_from_lineage"] = lineage
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(result.model)
         aggregation.classifier_path = output_dir / "classifier"

@@ -60,6 +60,9 @@ def add_unlearn_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-verify", action="store_true", help="skip the from-scratch bit-for-bit check")
     parser.add_argument("--purge-history", action="store_true",
                         help="recreate the published repos so no old revision references the removed factory")
+    parser.add_argument("--publish-despite-mismatch", action="store_true",
+                        help="publish even if the from-scratch check finds different weights (recorded in the "
+                             "certificate and the card); without it a mismatch stops before publishing, exit code 2")
 
 
 def _apply_endpoint(args) -> None:
@@ -132,7 +135,8 @@ def run_unlearn(args) -> int:
     certificate = unlearn(manifest, args.remove, reason=args.reason, previous_output_dir=args.previous_output_dir,
                           output_dir=args.output_dir, manifest_out=args.manifest_out, cache_dir=args.cache_dir,
                           token=args.token, verify_from_scratch=not args.no_verify, publish=not args.no_publish,
-                          purge_history=args.purge_history, progress=not args.no_progress)
+                          purge_history=args.purge_history, progress=not args.no_progress,
+                          publish_on_mismatch=args.publish_despite_mismatch)
     print(f"removed {certificate['removed']['repo']}@{certificate['removed']['revision']}")
     print(f"examples from the removed factory: {certificate['examples_from_removed']}; "
           f"chunks regenerated: {certificate['chunks_regenerated']}; "

@@ -2,10 +2,12 @@
 
 Determinism. Each (factory, class) pair is an endless, seeded *stream* of images cut into fixed-size
 chunks; chunk ``k`` is generated from its own seed, derived from the manifest's synthesis seed, the
-factory's repo@sha, the class name and ``k``. A shard (factory, class, count) is the first ``count``
-images of its stream. So the same manifest gives the same images whatever the number of processes
-(processes split the chunks, not the randomness), an interrupted run reuses every finished chunk, and a
-rebuild that needs fewer or more images of a stream reuses the chunks it already has.
+factory's **content digest** (`factory_digest`: its weights and the configs that determine sampling), the
+class name and ``k``. A shard (factory, class, count) is the first ``count`` images of its stream. So the
+same factories give the same images whatever the number of processes (processes split the chunks, not the
+randomness) and wherever or whenever they were published (the repo name and commit sha do not enter the
+seed or the cache key); an interrupted run reuses every finished chunk, and a rebuild that needs fewer or
+more images of a stream reuses the chunks it already has.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 
 from .atomic import atomic_writer
 from .errors import ManifestError
-from .hub.manifest import FactoryEntry, Manifest, SynthesisConfig
+from .hub.manifest import FactoryEntry, Manifest, PrivacyPolicy, SynthesisConfig
 
 #: Files of a factory repo that are downloaded. Nothing else (no code, no pickles) is ever fetched.
 FACTORY_FILES = [
@@ -32,6 +34,14 @@ FACTORY_FILES = [
     "scheduler/scheduler_config.json",
 ]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+#: Files whose content determines what a factory samples: the digest covers exactly these.
+DIGEST_FILES = [
+    "model_index.json",
+    "unet/config.json",
+    "scheduler/scheduler_config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+]
+DIGEST_VERSION = "federated-factory-digest-v1"
 
 
 @dataclass
@@ -40,20 +50,81 @@ class PulledFactory:
     revision: str  # resolved commit sha
     local_dir: str
     metadata: dict
+    digest: str = ""  # content digest (`factory_digest`): what the synthetic data is derived from
+    privacy: dict = field(default_factory=dict)  # the privacy gate's record (`privacy_gate.gate_factory`)
 
     @property
     def classes(self) -> list[str]:
         return list(self.metadata["classes"])
 
 
-def pull_factories(manifest: Manifest, *, token: str | None = None, cache_dir: str | Path | None = None) -> tuple[list[FactoryEntry], list[PulledFactory]]:
+def _canonical_json(path: Path) -> bytes:
+    """A JSON config with its bookkeeping keys (``_diffusers_version``, ``_name_or_path``, ...) dropped, keys sorted:
+    re-saving the same configuration with another library version gives the same bytes."""
+    data = json.loads(path.read_text())
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if not k.startswith("_") or k == "_class_name"}
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _safetensors_content(path: Path, digest) -> None:
+    """Feed every tensor of a safetensors file (name, dtype, shape, bytes; sorted by name) into ``digest``. The
+    file's header metadata and tensor layout do not count, so re-saving the same tensors changes nothing."""
+    raw = path.read_bytes()
+    if len(raw) < 8:
+        raise ManifestError(f"{path}: not a safetensors file")
+    header_len = int.from_bytes(raw[:8], "little")
+    try:
+        header = json.loads(raw[8 : 8 + header_len])
+    except ValueError:
+        raise ManifestError(f"{path}: not a safetensors file (unreadable header)") from None
+    data = memoryview(raw)[8 + header_len :]
+    for name in sorted(k for k in header if k != "__metadata__"):
+        entry = header[name]
+        start, end = entry["data_offsets"]
+        digest.update(f"{name}|{entry['dtype']}|{list(entry['shape'])}|{end - start}|".encode())
+        digest.update(data[start:end])
+
+
+def factory_digest(local_dir: str | Path) -> str:
+    """The content digest of a factory folder: sha256 over its UNet tensors and the configs that determine
+    sampling (`DIGEST_FILES`: the pipeline's class names, the UNet and scheduler configs). Independent of
+    the repo's name, its commit, ``factory.json`` (training statistics, timings) and library versions, so
+    the same weights published twice, mirrored or renamed have the same digest."""
+    local_dir = Path(local_dir)
+    digest = hashlib.sha256(DIGEST_VERSION.encode())
+    for name in DIGEST_FILES:
+        digest.update(f"\n{name}\n".encode())
+        if name.endswith(".safetensors"):
+            _safetensors_content(local_dir / name, digest)
+        else:
+            digest.update(_canonical_json(local_dir / name))
+    return digest.hexdigest()
+
+
+def pull_factories(
+    manifest: Manifest,
+    *,
+    token: str | None = None,
+    cache_dir: str | Path | None = None,
+    privacy: PrivacyPolicy | None = None,
+) -> tuple[list[FactoryEntry], list[PulledFactory]]:
     """Resolve every factory to a commit sha, check it, and download it (safetensors + JSON only).
 
-    Returns the pinned factory entries (the resolved manifest's) and the pulled factories. Every problem
-    of every factory is collected and raised together as one `ManifestError`, before any compute starts.
+    Returns the pinned factory entries (the resolved manifest's, each with its content digest) and the pulled
+    factories. Checks: the repo is readable and is a safetensors `FactoryPipeline`; its classes are in the
+    label space; its content digest equals the one the manifest recorded (if any) and no other factory has
+    the same content; its privacy audit passes the manifest's privacy gate (``privacy``, default
+    ``manifest.privacy``; see `federated_factory.privacy_gate`) or it is overridden there with a reason.
+    Every problem of every factory is collected and raised together as one `ManifestError`, before any
+    compute starts.
     """
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    from .privacy_gate import gate_factory
+
+    policy = privacy if privacy is not None else manifest.privacy
 
     api = HfApi(token=token)
     problems, resolved, pulled = [], [], []
@@ -89,8 +160,29 @@ def pull_factories(manifest: Manifest, *, token: str | None = None, cache_dir: s
         outside = [c for c in metadata.get("classes", []) if c not in manifest.label_space]
         if outside:
             problems.append(f"{entry}: declares class(es) {outside} outside the label space {manifest.label_space}")
-        resolved.append(FactoryEntry(repo=entry.repo, revision=info.sha))
-        pulled.append(PulledFactory(repo=entry.repo, revision=info.sha, local_dir=str(local_dir), metadata=metadata))
+        try:
+            digest = factory_digest(local_dir)
+        except (ManifestError, OSError, KeyError, ValueError) as err:
+            problems.append(f"{entry}: cannot compute its content digest ({err})")
+            continue
+        if entry.digest and entry.digest != digest:
+            problems.append(f"{entry}: its content digest is {digest}, but the manifest recorded {entry.digest} "
+                            "(the weights or sampling configs at this revision are not the ones the manifest names)")
+        gate = gate_factory(entry.repo, info.sha, metadata, policy)
+        if gate["verdict"] == "refused":
+            problems.append(f"{entry}: refused by the privacy gate: " + "; ".join(gate["problems"])
+                            + " (accept it only by naming it under privacy.overrides with a reason)")
+        resolved.append(FactoryEntry(repo=entry.repo, revision=info.sha, digest=digest))
+        pulled.append(PulledFactory(repo=entry.repo, revision=info.sha, local_dir=str(local_dir), metadata=metadata,
+                                    digest=digest, privacy=gate))
+
+    by_digest: dict[str, list[str]] = {}
+    for p in pulled:
+        by_digest.setdefault(p.digest, []).append(p.repo)
+    for digest, repos in by_digest.items():
+        if len(repos) > 1:
+            problems.append(f"{', '.join(repos)} have the same content (digest {digest[:16]}...): a factory may be "
+                            "listed once, under one name")
 
     formats = {(p.metadata.get("image_size"), p.metadata.get("channels")) for p in pulled}
     if len(formats) > 1:
@@ -108,13 +200,15 @@ def pull_factories(manifest: Manifest, *, token: str | None = None, cache_dir: s
 
 @dataclass(frozen=True)
 class Shard:
-    """The first ``count`` images of the stream of ``class_name`` from ``repo@revision``."""
+    """The first ``count`` images of the stream of ``class_name`` from the factory with content ``digest``
+    (pulled as ``repo@revision``)."""
 
     repo: str
     revision: str
     class_name: str
     count: int
     stream_seed: int
+    digest: str = ""
 
     def chunks(self, chunk_size: int) -> range:
         return range((self.count + chunk_size - 1) // chunk_size)
@@ -142,9 +236,12 @@ class SynthesisPlan:
         }
 
 
-def stream_seed(base_seed: int, repo: str, revision: str, class_name: str) -> int:
-    digest = hashlib.sha256(f"{base_seed}|{repo}@{revision}|{class_name}".encode()).hexdigest()
-    return int(digest[:15], 16)
+def stream_seed(base_seed: int, digest: str, class_name: str) -> int:
+    """The seed of the stream of ``class_name`` from the factory with content ``digest`` (see `factory_digest`)."""
+    if not digest:
+        raise ValueError("stream_seed needs the factory's content digest (pull it with pull_factories)")
+    value = hashlib.sha256(f"{base_seed}|{digest}|{class_name}".encode()).hexdigest()
+    return int(value[:15], 16)
 
 
 def split_by_counts(total: int, weights: list[int]) -> list[int]:
@@ -170,8 +267,9 @@ def plan_synthesis(label_space: list[str], factories: list[PulledFactory], synth
         weights = [max(1, int(f.metadata.get("class_counts", {}).get(name, 1))) for f in holders]
         for factory, count in zip(holders, split_by_counts(synthesis.samples_per_class, weights)):
             if count:
-                seed = stream_seed(synthesis.seed, factory.repo, factory.revision, name)
-                shards.append(Shard(factory.repo, factory.revision, name, count, seed))
+                digest = factory.digest or factory_digest(factory.local_dir)
+                seed = stream_seed(synthesis.seed, digest, name)
+                shards.append(Shard(factory.repo, factory.revision, name, count, seed, digest))
     return SynthesisPlan(list(label_space), synthesis.samples_per_class, shards, missing)
 
 
@@ -181,7 +279,12 @@ def plan_synthesis(label_space: list[str], factories: list[PulledFactory], synth
 
 
 class ChunkCache:
-    """Generated chunks on disk: ``<root>/<stream key>/chunk-<k>.npy`` (uint8 N×C×H×W), written atomically."""
+    """Generated chunks on disk: ``<root>/<stream key>/chunk-<k>.npy`` (uint8 N×C×H×W), written atomically.
+
+    The stream key is derived from the factory's content digest, the class, the stream seed and the sampling
+    settings: never from the repo name or commit, so a renamed or re-published factory reuses its chunks.
+    (Caches written before content digests keyed streams by repo@sha: their entries are simply never read
+    again; delete ``<root>`` to reclaim the space.)"""
 
     def __init__(self, root: str | Path, synthesis: SynthesisConfig):
         self.root = Path(root)
@@ -189,9 +292,10 @@ class ChunkCache:
 
     def stream_key(self, shard: Shard) -> str:
         s = self.synthesis
+        if not shard.digest:
+            raise ValueError(f"shard {shard.repo}/{shard.class_name} has no content digest (plan it with plan_synthesis)")
         spec = {
-            "repo": shard.repo,
-            "revision": shard.revision,
+            "digest": shard.digest,
             "class": shard.class_name,
             "stream_seed": shard.stream_seed,
             "sampler": s.sampler,
@@ -297,11 +401,13 @@ def synthesize(plan: SynthesisPlan, factories: list[PulledFactory], cache: Chunk
 
 def assemble_dataset(plan: SynthesisPlan, cache: ChunkCache):
     """The synthetic `datasets.Dataset`: image, label (ClassLabel = label space), source_repo,
-    source_revision, seed (the stream seed), index (position in its stream). Rows follow the plan."""
+    source_revision, source_digest (the factory's content digest), seed (the stream seed), index (position
+    in its stream). Rows follow the plan."""
     from datasets import ClassLabel, Dataset, Features, Image, Value
     from PIL import Image as PILImage
 
-    columns = {"image": [], "label": [], "source_repo": [], "source_revision": [], "seed": [], "index": []}
+    columns = {"image": [], "label": [], "source_repo": [], "source_revision": [], "source_digest": [], "seed": [],
+               "index": []}
     for shard in plan.shards:
         images = cache.shard_images(shard)
         label = plan.label_space.index(shard.class_name)
@@ -313,6 +419,7 @@ def assemble_dataset(plan: SynthesisPlan, cache: ChunkCache):
             columns["label"].append(label)
             columns["source_repo"].append(shard.repo)
             columns["source_revision"].append(shard.revision)
+            columns["source_digest"].append(shard.digest)
             columns["seed"].append(shard.stream_seed)
             columns["index"].append(i)
     features = Features(
@@ -321,6 +428,7 @@ def assemble_dataset(plan: SynthesisPlan, cache: ChunkCache):
             "label": ClassLabel(names=plan.label_space),
             "source_repo": Value("string"),
             "source_revision": Value("string"),
+            "source_digest": Value("string"),
             "seed": Value("int64"),
             "index": Value("int64"),
         }

@@ -2,12 +2,19 @@
 
 No client takes part and there is no new federation round. The remaining factories' cached chunks are
 reused (nothing of theirs is regenerated), every example of the removed factory is dropped with its
-stream, the classifier is retrained, and a certificate records the checks:
+stream, the classifier is retrained, and a certificate records the checks (``checks``, each saying what
+was checked and what it found):
 
-- the removed repo@sha, and the manifest before/after with their hashes;
-- that no training example's provenance points to the removed factory;
-- optionally, that the classifier equals, bit for bit, a from-scratch aggregation of the reduced
-  manifest with an empty cache (on CPU; on GPU only up to the determinism of its kernels);
+- the removed repo@sha (and content digest), and the manifest before/after with their hashes;
+- that no training example's provenance (``source_repo``, ``source_digest``) points to the removed factory;
+- that a ``classifier.init_from`` starting point did not learn from the removed factory: its lineage (the
+  factory lists of its card, following its own ``init_from`` chain) is read first, and an ``init_from``
+  whose lineage includes the removed factory, or cannot be established, is refused before any compute;
+- optionally, that the classifier equals, bit for bit, a from-scratch aggregation of the reduced manifest
+  with an empty cache (on CPU; on GPU only up to the determinism of its kernels). This shows that the
+  rebuild is a deterministic function of the reduced manifest, which does not list the removed factory.
+  A mismatch stops before publishing and raises `UnlearningError` unless ``publish_on_mismatch`` (recorded
+  in the certificate and the card);
 - accuracy per class before and after, and wall time of the unlearning vs the full aggregation.
 
 A class held only by the removed factory leaves the label space: the new classifier cannot predict it.
@@ -22,8 +29,15 @@ import shutil
 import time
 from pathlib import Path
 
-from .errors import UnlearningError
+from .errors import FederatedFactoryError, UnlearningError
 from .hub.manifest import FactoryEntry, Manifest
+
+FROM_SCRATCH_WHAT = (
+    "the reduced manifest aggregated again with an empty chunk cache gives classifier weights with the same "
+    "sha256 (over every tensor). This shows that the rebuilt classifier is a deterministic function of the "
+    "reduced manifest, which does not list the removed factory, and that no reused cached chunk differs from "
+    "what a fresh run generates; it does not inspect the previous classifier."
+)
 
 
 def weights_digest(classifier_dir: str | Path) -> str:
@@ -59,7 +73,7 @@ def reduced_manifest(manifest: Manifest, remove: str, *, reason: str | None, rem
     reduced = manifest.without(removed.repo)
     reduced.label_space = [name for name in manifest.label_space if name in remaining_classes]
     record = {
-        "removed": {"repo": removed.repo, "revision": removed.revision},
+        "removed": {"repo": removed.repo, "revision": removed.revision, "digest": removed.digest},
         "reason": reason,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "manifest_hash_before": manifest.content_hash(),
@@ -68,6 +82,91 @@ def reduced_manifest(manifest: Manifest, remove: str, *, reason: str | None, rem
     reduced.history = list(manifest.history) + [record]
     record["manifest_hash_after"] = reduced.content_hash()
     return reduced, record
+
+
+def _provenance_of(source: str, token: str | None) -> tuple[dict, str | None]:
+    """``({"factories": [...] | None, "digests": [...], "provenance": where}, init_from of source)`` for one
+    classifier: a local folder (its README.md card, else the aggregation's results.json beside it) or a Hub
+    repo ``org/name[@revision]`` (its card at that revision)."""
+    from huggingface_hub import metadata_load
+
+    def from_card(card_path: Path) -> tuple[list[str] | None, list[str]]:
+        meta = (metadata_load(card_path) or {}).get("federated_factory") or {}
+        factories = meta.get("factories")
+        return (list(factories) if isinstance(factories, list) else None), list(meta.get("factory_digests") or [])
+
+    path = Path(source)
+    factories, digests, where, config = None, [], None, {}
+    if path.exists():
+        if (path / "README.md").is_file():
+            factories, digests = from_card(path / "README.md")
+            where = str(path / "README.md")
+        if factories is None and (path.parent / "results.json").is_file():
+            entries = (json.loads((path.parent / "results.json").read_text()).get("manifest") or {}).get("factories")
+            if isinstance(entries, list):
+                factories = [f"{f['repo']}@{f['revision']}" for f in entries]
+                digests = [f["digest"] for f in entries if f.get("digest")]
+                where = str(path.parent / "results.json")
+        if (path / "config.json").is_file():
+            config = json.loads((path / "config.json").read_text())
+    else:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+
+        repo, _, revision = source.partition("@")
+        try:
+            card = hf_hub_download(repo, "README.md", revision=revision or None, token=token)
+            factories, digests = from_card(Path(card))
+            where = f"{source} README.md"
+        except (EntryNotFoundError, HfHubHTTPError, OSError, ValueError):
+            pass
+        try:
+            config = json.loads(Path(hf_hub_download(repo, "config.json", revision=revision or None, token=token)).read_text())
+        except (EntryNotFoundError, HfHubHTTPError, OSError, ValueError):
+            config = {}
+    parent = ((config.get("federated_factory") or {}).get("config") or {}).get("init_from")
+    return {"factories": factories, "digests": digests, "provenance": where}, parent
+
+
+def init_from_lineage(source: str, *, token: str | None = None) -> list[dict]:
+    """The classifiers a ``classifier.init_from`` starting point descends from, ``source`` first, following each
+    one's own ``init_from``. Each entry: ``source``, ``factories`` (``repo@revision`` strings from its card, or
+    ``None`` when its provenance cannot be established), ``digests`` (factory content digests, when recorded)
+    and ``provenance`` (where the list was read)."""
+    lineage, seen, current = [], set(), source
+    while current and current not in seen:
+        seen.add(current)
+        info, parent = _provenance_of(current, token)
+        lineage.append({"source": current, **info})
+        current = parent
+    return lineage
+
+
+def check_init_from(source: str, removed: list[dict], *, token: str | None = None,
+                    error: type[FederatedFactoryError] = UnlearningError) -> list[dict]:
+    """Refuse (raise ``error``) an ``init_from`` whose lineage includes a removed factory (by repo or content
+    digest), or whose lineage cannot be established; return the lineage otherwise. ``removed``: dicts with
+    ``repo`` and optionally ``digest`` (the manifest history's ``removed`` records)."""
+    lineage = init_from_lineage(source, token=token)
+    repos = {r["repo"] for r in removed}
+    digests = {r.get("digest") for r in removed} - {None}
+    for entry in lineage:
+        if entry["factories"] is None:
+            raise error(
+                f"classifier.init_from {source!r}: the provenance of {entry['source']!r} cannot be established (no "
+                "card listing its factories under federated_factory.factories, and no results.json beside it), so "
+                "nothing shows that it did not learn from the removed factory; start from scratch (drop init_from) "
+                "or from a classifier published with a card; nothing was changed"
+            )
+        hits = sorted({f for f in entry["factories"] if f.partition("@")[0] in repos} |
+                      {d for d in entry["digests"] if d in digests})
+        if hits:
+            raise error(
+                f"classifier.init_from {source!r}: {entry['source']!r} learned from the removed factory "
+                f"({', '.join(hits)}), so a classifier started from it would still owe that factory; start from "
+                "scratch (drop init_from) or from a classifier that did not learn from it; nothing was changed"
+            )
+    return lineage
 
 
 def unlearn(
@@ -85,12 +184,18 @@ def unlearn(
     publish: bool = True,
     purge_history: bool = False,
     progress: bool = True,
+    publish_on_mismatch: bool = False,
 ) -> dict:
     """Remove ``remove`` from ``manifest``, rebuild, verify, and publish a new revision. Returns the certificate.
 
     ``previous_output_dir`` is the output of the aggregation being replaced (its `results.json` gives the
     before-accuracy and the full aggregation's wall time). The reduced manifest is written to
     ``manifest_out`` (default: ``<output_dir>/manifest.yaml``).
+
+    Raises `UnlearningError` before any compute when ``classifier.init_from`` learned from the removed
+    factory (or its provenance is unknown), and after the rebuild, without publishing, when the
+    from-scratch check finds different weights, unless ``publish_on_mismatch`` (recorded in the
+    certificate and the card). The certificate is written to ``<output_dir>`` in every case.
     """
     from accelerate import Accelerator
     import torch
@@ -100,9 +205,15 @@ def unlearn(
 
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     t_start = time.perf_counter()
+    target = removal_target(manifest, remove)
+    lineage = None
+    if manifest.classifier.get("init_from"):  # before any compute: the starting point must owe the removed nothing
+        removed_before = [r["removed"] for r in manifest.history if isinstance(r, dict) and r.get("removed")]
+        lineage = check_init_from(manifest.classifier["init_from"],
+                                  removed_before + [{"repo": target.repo, "digest": target.digest}], token=token)
     # Which classes do the remaining factories hold? Only their metadata is read; the removed repo is not
     # contacted (it may be gone already).
-    remaining = manifest.without(removal_target(manifest, remove).repo)
+    remaining = manifest.without(target.repo)
     with accelerator.main_process_first():
         _, remaining_factories = pull_factories(remaining, token=token)
     remaining_classes = {c for f in remaining_factories for c in f.classes}
@@ -122,8 +233,11 @@ def unlearn(
         from datasets import load_from_disk
 
         dataset = load_from_disk(str(output_dir / "synthetic"))
-        removed_repo = record["removed"]["repo"]
-        from_removed = sum(1 for repo in dataset["source_repo"] if repo == removed_repo)
+        removed_repo, removed_digest = record["removed"]["repo"], record["removed"]["digest"]
+        from_removed = sum(1 for repo, digest in zip(dataset["source_repo"], dataset["source_digest"])
+                           if repo == removed_repo or (removed_digest and digest == removed_digest))
+        still_listed = [str(f) for f in result.manifest.factories
+                        if f.repo == removed_repo or (removed_digest and f.digest == removed_digest)]
         certificate = {
             **record,
             "manifest_before": manifest.to_dict(),
@@ -135,9 +249,27 @@ def unlearn(
             "images_regenerated": result.synthesis["images_generated"],
             "classifier_weights_sha256": weights_digest(output_dir / "classifier"),
             "unlearning_seconds": unlearning_seconds,
+            "init_from_lineage": lineage,
+            "checks": [
+                {"check": "manifest",
+                 "what": "the reduced manifest (resolved) lists neither the removed repo nor a factory with its "
+                         "content digest",
+                 "result": "passed" if not still_listed else f"FAILED: {', '.join(still_listed)}"},
+                {"check": "provenance",
+                 "what": "no row of the rebuilt synthetic training set has source_repo equal to the removed repo or "
+                         "source_digest equal to its content digest",
+                 "result": f"{from_removed} of {len(dataset)} rows"},
+                {"check": "init_from",
+                 "what": "the classifier's starting point did not learn from the removed factory (its lineage of "
+                         "cards, following each init_from)",
+                 "result": ("not used: trained from random initialization" if lineage is None else
+                            "passed: lineage " + " <- ".join(e["source"] for e in lineage)
+                            + " does not list the removed factory")},
+            ],
         }
-        if from_removed:
-            raise UnlearningError(f"{from_removed} examples of the rebuilt dataset still come from {removed_repo}")
+        if from_removed or still_listed:
+            raise UnlearningError(f"{from_removed} examples of the rebuilt dataset still come from {removed_repo}"
+                                  + (f"; the reduced manifest still lists {', '.join(still_listed)}" if still_listed else ""))
         _compare_with_previous(certificate, previous_output_dir, result.evaluation)
     if verify_from_scratch:
         scratch = output_dir / "from-scratch-check"
@@ -153,23 +285,53 @@ def unlearn(
                 "device": str(accelerator.device),
                 "processes": accelerator.num_processes,
             }
+            identical = certificate["from_scratch"]["identical"]
             certificate["from_scratch_check"] = (
-                "identical weights (sha256 match)" if certificate["from_scratch"]["identical"] else "MISMATCH"
+                "identical: a rebuild of the reduced manifest with an empty cache gave the same weights (sha256 "
+                "match), so the rebuild is a deterministic function of the reduced manifest" if identical else
+                "MISMATCH: a rebuild of the reduced manifest with an empty cache gave different weights"
             )
+            certificate["checks"].append({"check": "from_scratch", "what": FROM_SCRATCH_WHAT,
+                                          "result": "identical" if identical else "MISMATCH"})
             shutil.rmtree(scratch, ignore_errors=True)
     elif certificate is not None:
         certificate["from_scratch_check"] = "not run (verify_from_scratch=False)"
+        certificate["checks"].append({"check": "from_scratch", "what": FROM_SCRATCH_WHAT, "result": "not run"})
+
+    # Every process must take the same branch: the check ran on the main process.
+    from accelerate.utils import broadcast_object_list
+
+    mismatch = [bool(certificate) and certificate.get("from_scratch", {}).get("identical") is False]
+    mismatch = bool(broadcast_object_list(mismatch)[0])
+    if accelerator.is_main_process:
+        certificate["published_despite_mismatch"] = bool(mismatch and publish and reduced.publish and publish_on_mismatch)
+        certificate["published"] = None
+        _write_certificate(output_dir, certificate)
+    if mismatch and not publish_on_mismatch:
+        accelerator.wait_for_everyone()
+        raise UnlearningError(
+            "the from-scratch check failed: rebuilding the reduced manifest with an empty cache gave different "
+            f"classifier weights, so the rebuild is not reproducible here; nothing was published (certificate: "
+            f"{output_dir / 'unlearning_certificate.json'}). Rerun on CPU, or pass publish_on_mismatch=True "
+            "(--publish-despite-mismatch) to publish anyway; that is recorded in the certificate and the card."
+        )
 
     if accelerator.is_main_process:
-        (output_dir / "unlearning_certificate.json").write_text(json.dumps(certificate, indent=2, sort_keys=True, default=str))
         if publish and reduced.publish:
             if purge_history:
                 purge_repos(reduced, token=token)
             summary = {**result.to_dict(), "unlearning": certificate}
             certificate["published"] = publish_outputs(reduced, _load_dataset(output_dir), summary, output_dir, token=token)
-            (output_dir / "unlearning_certificate.json").write_text(json.dumps(certificate, indent=2, sort_keys=True, default=str))
+            _write_certificate(output_dir, certificate)
     accelerator.wait_for_everyone()
     return certificate or {}
+
+
+def _write_certificate(output_dir: Path, certificate: dict) -> None:
+    from .atomic import atomic_write_text
+
+    atomic_write_text(output_dir / "unlearning_certificate.json",
+                      json.dumps(certificate, indent=2, sort_keys=True, default=str))
 
 
 def _load_dataset(output_dir: Path):

@@ -33,7 +33,8 @@ def main() -> int:
                               manifest_out=args.manifest_out, cache_dir=args.cache_dir, token=args.token,
                               accelerator=accelerator, verify_from_scratch=not args.no_verify,
                               publish=not args.no_publish, purge_history=args.purge_history,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress,
+                              publish_on_mismatch=args.publish_despite_mismatch)
     except FederatedFactoryError as err:
         accelerator.print(f"error: {err}", file=sys.stderr)
         return 2

@@ -49,7 +49,7 @@ def federation(hub, tmp_path_factory):
         rows = np.concatenate([np.flatnonzero(labels == d)[: counts[d]] for d in digits])
         repo = f"{owners[name]}-org/factory"
         published, _ = run_client(train.select(np.sort(rows)), repo, config, token=tokens[name],
-                                  audit_samples_per_class=4, progress=False)
+                                  audit_samples_per_class=16, progress=False)
         refs[name] = published
     manifest = Manifest(
         federation="test-federation",
@@ -300,7 +300,66 @@ def test_bf16_synthesis_is_deterministic_close_to_fp32_and_cached_apart(federati
     assert np.abs(half - fp32).mean() < 2.0  # grey levels out of 255: the same images up to rounding
 
 
-# ---- unlearning ------------------------------------------------------------------------------------
+# ---- classifier.init_from lineage ------------------------------------------------------------------
+
+
+def test_init_from_that_learned_from_the_removed_factory_is_refused_before_any_compute(federation, single_process_run,
+                                                                                        tmp_path):
+    """The previous classifier learned from C: starting the rebuild from it would carry C's influence over."""
+    from federated_factory.aggregator import aggregate
+    from federated_factory.unlearning import check_init_from, unlearn
+
+    result, single_dir = single_process_run
+    removed = federation["refs"]["C"].repo_id
+    published = result.published["classifier"]
+    hub_source = f"{published['repo']}@{published['revision']}"
+    for source in (str(result.output_dir / "classifier"), hub_source):  # a local folder and a Hub revision
+        manifest = Manifest(**{**result.manifest.__dict__, "classifier": {**result.manifest.classifier, "init_from": source}})
+        with pytest.raises(UnlearningError, match="learned from the removed factory") as err:
+            unlearn(manifest, removed, output_dir=tmp_path / "u", cache_dir=single_dir / "cache",
+                    token=federation["token"], progress=False)
+        assert removed in str(err.value)
+        assert not (tmp_path / "u").exists()
+    # a manifest whose history removed C refuses the same init_from at aggregation time, before any compute
+    reduced = manifest.without(removed)
+    reduced.history = [{"removed": {"repo": removed, "revision": federation["refs"]["C"].revision}}]
+    with pytest.raises(ManifestError, match="learned from the removed factory"):
+        aggregate(reduced, token=federation["token"], output_dir=tmp_path / "a", cache_dir=tmp_path / "cache",
+                  publish=False, progress=False)
+    assert not (tmp_path / "cache").exists()
+    # a lineage without the removed factory is returned, as the certificate records it
+    lineage = check_init_from(hub_source, [{"repo": "fed-nobody/factory"}], token=federation["token"])
+    assert lineage[0]["source"] == hub_source
+    assert sorted(f.partition("@")[0] for f in lineage[0]["factories"]) == sorted(f.repo for f in result.manifest.factories)
+    assert sorted(lineage[0]["digests"]) == sorted(f.digest for f in result.manifest.factories)
+
+
+def test_init_from_lineage_follows_the_chain_and_refuses_unknown_provenance(federation, single_process_run, tmp_path):
+    import shutil
+
+    from federated_factory.unlearning import check_init_from
+
+    result, _ = single_process_run
+    removed = {"repo": federation["refs"]["C"].repo_id}
+    # a child classifier whose own data never saw C, but which started from the classifier that did
+    child = tmp_path / "child" / "classifier"
+    shutil.copytree(result.output_dir / "classifier", child)
+    config = json.loads((child / "config.json").read_text())
+    config["federated_factory"]["config"]["init_from"] = str(result.output_dir / "classifier")
+    (child / "config.json").write_text(json.dumps(config))
+    kept = [f for f in result.manifest.to_dict()["factories"] if f["repo"] != removed["repo"]]
+    (child.parent / "results.json").write_text(json.dumps({"manifest": {"factories": kept}}))
+    with pytest.raises(UnlearningError, match="learned from the removed factory") as err:
+        check_init_from(str(child), [removed], token=federation["token"])
+    assert str(result.output_dir / "classifier") in str(err.value)
+    # a classifier with no card and no results.json: nothing shows what it learned from
+    orphan = tmp_path / "orphan"
+    shutil.copytree(result.output_dir / "classifier", orphan)
+    with pytest.raises(UnlearningError, match="cannot be established"):
+        check_init_from(str(orphan), [removed], token=federation["token"])
+
+
+# ---- unlearning ----------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +382,9 @@ def test_unlearning_removes_every_example_of_the_client(unlearned, federation):
     dataset = load_from_disk(str(out / "out" / "synthetic"))
     assert removed not in set(dataset["source_repo"])
     assert certificate["examples_from_removed"] == 0
-    assert certificate["removed"] == {"repo": removed, "revision": federation["refs"]["C"].revision}
+    assert certificate["removed"] == {"repo": removed, "revision": federation["refs"]["C"].revision,
+                                      "digest": certificate["manifest_before"]["factories"][2]["digest"]}
+    assert len(certificate["removed"]["digest"]) == 64
     assert certificate["manifest_hash_before"] != certificate["manifest_hash_after"]
     assert removed not in [f["repo"] for f in certificate["manifest_after"]["factories"]]
 
@@ -333,6 +394,19 @@ def test_unlearning_reuses_cache_and_matches_a_from_scratch_aggregation_bit_for_
     assert certificate["chunks_regenerated"] == 0
     assert certificate["from_scratch"]["identical"] is True
     assert certificate["from_scratch"]["classifier_weights_sha256"] == certificate["classifier_weights_sha256"]
+    assert certificate["published_despite_mismatch"] is False
+
+
+def test_unlearning_certificate_says_what_each_check_established(unlearned):
+    certificate, _ = unlearned
+    checks = {c["check"]: c for c in certificate["checks"]}
+    assert list(checks) == ["manifest", "provenance", "init_from", "from_scratch"]
+    assert checks["manifest"]["result"] == "passed"
+    assert checks["provenance"]["result"] == f"0 of {certificate['examples_total']} rows"
+    assert checks["init_from"]["result"].startswith("not used")
+    assert checks["from_scratch"]["result"] == "identical"
+    assert "deterministic function of the reduced manifest" in checks["from_scratch"]["what"]
+    assert "deterministic function of the reduced manifest" in certificate["from_scratch_check"]
 
 
 def test_class_held_only_by_removed_client_leaves_the_label_space(unlearned):
@@ -386,3 +460,49 @@ def test_unlearning_an_unknown_or_last_factory_changes_nothing(federation, tmp_p
     with pytest.raises(UnlearningError, match="last factory"):
         unlearn(only, manifest.factories[0].repo, output_dir=tmp_path / "b", token=federation["token"], progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _unlearn_cli(manifest_path, removed, out, cache, token, *extra) -> int:
+    from federated_factory.cli import main
+
+    return main(["unlearn", "--manifest", str(manifest_path), "--remove", removed, "--reason", "test: mismatch",
+                 "--output-dir", str(out), "--cache-dir", str(cache), "--token", token, "--no-progress", *extra])
+
+
+def test_a_failed_from_scratch_check_stops_before_publishing_unless_explicitly_overridden(
+        hub, federation, single_process_run, tmp_path, monkeypatch, capsys):
+    """The rebuild and the from-scratch rebuild differ (here: the from-scratch run trains with another classifier
+    seed, as a non-deterministic kernel would): nothing is published and the command fails, unless
+    --publish-despite-mismatch, which the certificate and the card then record."""
+    import federated_factory.aggregator as aggregator_module
+    from huggingface_hub import ModelCard
+
+    real_aggregate = aggregator_module.aggregate
+
+    def diverging_aggregate(manifest, **kwargs):
+        if "from-scratch-check" in str(kwargs.get("output_dir")):
+            manifest = Manifest(**{**manifest.__dict__, "classifier": {**manifest.classifier, "seed": 12345}})
+        return real_aggregate(manifest, **kwargs)
+
+    monkeypatch.setattr(aggregator_module, "aggregate", diverging_aggregate)
+    result, single_dir = single_process_run
+    repos = {"classifier_repo": "fed-aggregator/classifier-mismatch", "dataset_repo": "fed-aggregator/synthetic-mismatch",
+             "private": True}
+    manifest_path = Manifest(**{**result.manifest.__dict__, "publish": repos}).save(tmp_path / "manifest.yaml")
+    removed, token = federation["refs"]["C"].repo_id, federation["token"]
+    api = hub.api("fed-aggregator")
+
+    assert _unlearn_cli(manifest_path, removed, tmp_path / "refused", single_dir / "cache", token) == 2
+    assert "from-scratch check failed" in capsys.readouterr().err
+    assert not api.repo_exists(repos["classifier_repo"]) and not api.repo_exists(repos["dataset_repo"], repo_type="dataset")
+    certificate = json.loads((tmp_path / "refused" / "unlearning_certificate.json").read_text())
+    assert certificate["from_scratch"]["identical"] is False and certificate["from_scratch_check"].startswith("MISMATCH")
+    assert certificate["published"] is None and certificate["published_despite_mismatch"] is False
+
+    assert _unlearn_cli(manifest_path, removed, tmp_path / "forced", single_dir / "cache", token,
+                        "--publish-despite-mismatch") == 0
+    certificate = json.loads((tmp_path / "forced" / "unlearning_certificate.json").read_text())
+    assert certificate["published_despite_mismatch"] is True
+    assert certificate["published"]["classifier"]["repo"] == repos["classifier_repo"]
+    card = ModelCard.load(repos["classifier_repo"], token=token)
+    assert "published despite a failed from-scratch check" in card.content

@@ -7,6 +7,7 @@ A manifest is a YAML file::
     factories:                           # one entry per published factory, pinned to a commit
       - repo: hospital-0/factory
         revision: 3f2a...               # a 40-hex commit sha (a branch name is resolved and pinned)
+        digest: 9c1e...                 # optional: the factory's content digest (recorded on pull, then checked)
     synthesis:
       samples_per_class: 500
       sampler: dpm++                     # ddpm | ddim | dpm++
@@ -19,6 +20,14 @@ A manifest is a YAML file::
     evaluation: {dataset: mnist-5k, split: test, image_size: 16, channels: 1}
     output_dir: runs/aggregate
     publish: {classifier_repo: aggregator/classifier, dataset_repo: aggregator/synthetic, private: true}
+    privacy:                             # the aggregator's privacy gate (these are the defaults)
+      max_copy_rate: 0.1                 # worst class's copy rate allowed by the factory's audit
+      min_audit_samples_per_class: 16
+      min_copy_quantile: 0.05            # the audit's copy rule may not be looser than this ...
+      min_copy_factor: 0.5               # ... and this
+      require_flip_invariant: true       # factories trained with flips need a flip-invariant audit
+      overrides:                         # factories accepted although they fail the gate
+        - {repo: hospital-3/factory, reason: "reviewed by the ethics board, ticket 42"}
 
 `load_manifest` checks the whole file and reports every problem at once in one `ManifestError`.
 """
@@ -39,13 +48,21 @@ from ..errors import ManifestError
 from ..pipeline import SAMPLERS
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
 @dataclass
 class FactoryEntry:
+    """One factory of the manifest: its repo, the revision pulled, and (once pulled) its content digest.
+
+    The revision names what was pulled; the digest (see `federated_factory.synthesis.factory_digest`) names
+    what it contains, and is what the synthetic data is derived from.
+    """
+
     repo: str
     revision: str = "main"
+    digest: str | None = None
 
     @property
     def pinned(self) -> bool:
@@ -67,6 +84,29 @@ class SynthesisConfig:
 
 
 @dataclass
+class PrivacyOverride:
+    """A factory accepted although it fails the privacy gate; the reason is recorded in the cards."""
+
+    repo: str
+    reason: str
+
+
+@dataclass
+class PrivacyPolicy:
+    """What the aggregator demands of each factory's privacy audit (`factory.json["privacy_audit"]`)."""
+
+    max_copy_rate: float = 0.1  # the worst class's copy rate may not exceed this
+    min_audit_samples_per_class: int = 16  # the audit must have drawn at least this many samples per class
+    min_copy_quantile: float = 0.05  # the audit's copy rule: threshold = copy_factor x this quantile, at least
+    min_copy_factor: float = 0.5
+    require_flip_invariant: bool = True  # a factory trained with flips needs an audit that counts flipped copies
+    overrides: list[PrivacyOverride] = field(default_factory=list)
+
+    def override_for(self, repo: str) -> PrivacyOverride | None:
+        return next((o for o in self.overrides if o.repo == repo), None)
+
+
+@dataclass
 class Manifest:
     label_space: list[str]
     factories: list[FactoryEntry]
@@ -77,10 +117,12 @@ class Manifest:
     output_dir: str = "runs/aggregate"
     publish: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)  # unlearning records, oldest first
+    privacy: PrivacyPolicy = field(default_factory=PrivacyPolicy)
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        data["factories"] = [asdict(f) for f in self.factories]
+        # a factory's digest is written once known; manifests without digests keep their hash
+        data["factories"] = [{k: v for k, v in asdict(f).items() if k != "digest" or v} for f in self.factories]
         if not data["history"]:
             data.pop("history")
         if data["synthesis"]["precision"] == "fp32":
@@ -104,6 +146,7 @@ class Manifest:
         """A copy of the manifest with the factory ``repo`` removed (history is the caller's business)."""
         reduced = copy.deepcopy(self)
         reduced.factories = [f for f in reduced.factories if f.repo != repo]
+        reduced.privacy.overrides = [o for o in reduced.privacy.overrides if o.repo != repo]
         return reduced
 
 
@@ -112,7 +155,8 @@ def parse_manifest(data: dict, source: str = "<manifest>") -> Manifest:
     problems: list[str] = []
     if not isinstance(data, dict):
         raise ManifestError(f"{source}: a manifest must be a YAML mapping, got {type(data).__name__}")
-    known = {"federation", "label_space", "factories", "synthesis", "classifier", "evaluation", "output_dir", "publish", "history"}
+    known = {"federation", "label_space", "factories", "synthesis", "classifier", "evaluation", "output_dir", "publish",
+             "history", "privacy"}
     for key in sorted(set(data) - known):
         problems.append(f"unknown field {key!r} (known: {sorted(known)})")
 
@@ -140,16 +184,19 @@ def parse_manifest(data: dict, source: str = "<manifest>") -> Manifest:
         if not isinstance(entry, dict) or "repo" not in entry:
             problems.append(f"{where}: must be a mapping with 'repo' and 'revision' (or 'org/name@sha')")
             continue
-        extra = set(entry) - {"repo", "revision"}
+        extra = set(entry) - {"repo", "revision", "digest"}
         if extra:
             problems.append(f"{where} ({entry.get('repo')}): unknown field(s) {sorted(extra)}")
         repo, revision = str(entry["repo"]), str(entry.get("revision") or "main")
+        digest = entry.get("digest")
         if not REPO_RE.match(repo) or ".." in repo:
             problems.append(f"{where}: {repo!r} is not a valid repo id (expected 'namespace/name')")
         if repo in seen:
             problems.append(f"{where}: {repo} is listed twice")
+        if digest is not None and not DIGEST_RE.match(str(digest)):
+            problems.append(f"{where} ({repo}): digest must be 64 lowercase hex digits (a sha256), got {digest!r}")
         seen.add(repo)
-        factories.append(FactoryEntry(repo=repo, revision=revision))
+        factories.append(FactoryEntry(repo=repo, revision=revision, digest=str(digest) if digest else None))
 
     synthesis = SynthesisConfig()
     raw_synthesis = data.get("synthesis") or {}
@@ -189,6 +236,8 @@ def parse_manifest(data: dict, source: str = "<manifest>") -> Manifest:
         if not isinstance(data.get(key) or {}, dict):
             problems.append(f"{key}: must be a mapping")
 
+    privacy = _parse_privacy(data.get("privacy"), seen, problems)
+
     if problems:
         raise ManifestError(f"{source} has {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
     return Manifest(
@@ -201,7 +250,65 @@ def parse_manifest(data: dict, source: str = "<manifest>") -> Manifest:
         output_dir=str(data.get("output_dir") or "runs/aggregate"),
         publish=dict(data.get("publish") or {}),
         history=list(data.get("history") or []),
+        privacy=privacy,
     )
+
+
+def _parse_privacy(raw, factory_repos: set[str], problems: list[str]) -> PrivacyPolicy:
+    """The manifest's ``privacy`` section (defaults when absent); problems are appended to ``problems``."""
+    policy = PrivacyPolicy()
+    if raw is None:
+        return policy
+    if not isinstance(raw, dict):
+        problems.append("privacy: must be a mapping")
+        return policy
+    settings = {k: v for k, v in asdict(policy).items() if k != "overrides"}
+    for key, value in raw.items():
+        if key == "overrides":
+            continue
+        if key not in settings:
+            problems.append(f"privacy.{key}: unknown field (known: {sorted([*settings, 'overrides'])})")
+            continue
+        expected = type(settings[key])
+        if expected is bool:
+            if not isinstance(value, bool):
+                problems.append(f"privacy.{key}: expected true or false, got {value!r}")
+                continue
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or (expected is int and value != int(value)):
+            problems.append(f"privacy.{key}: expected {expected.__name__}, got {value!r}")
+            continue
+        setattr(policy, key, expected(value))
+    for key in ("max_copy_rate", "min_copy_quantile"):
+        if not 0.0 <= getattr(policy, key) <= 1.0:
+            problems.append(f"privacy.{key}: must be between 0 and 1, got {getattr(policy, key)}")
+    if policy.min_copy_factor < 0:
+        problems.append(f"privacy.min_copy_factor: must be at least 0, got {policy.min_copy_factor}")
+    if policy.min_audit_samples_per_class < 1:
+        problems.append("privacy.min_audit_samples_per_class: must be at least 1")
+
+    raw_overrides = raw.get("overrides") or []
+    if not isinstance(raw_overrides, list):
+        problems.append("privacy.overrides: must be a list of {repo, reason}")
+        raw_overrides = []
+    listed: set[str] = set()
+    for i, item in enumerate(raw_overrides):
+        where = f"privacy.overrides[{i}]"
+        if not isinstance(item, dict) or "repo" not in item:
+            problems.append(f"{where}: must be a mapping with 'repo' and 'reason'")
+            continue
+        repo, reason = str(item["repo"]), item.get("reason")
+        extra = set(item) - {"repo", "reason"}
+        if extra:
+            problems.append(f"{where} ({repo}): unknown field(s) {sorted(extra)}")
+        if not isinstance(reason, str) or not reason.strip():
+            problems.append(f"{where} ({repo}): an override needs a non-empty 'reason' (it is written into the cards)")
+        if repo not in factory_repos:
+            problems.append(f"{where}: {repo} is not one of the manifest's factories")
+        if repo in listed:
+            problems.append(f"{where}: {repo} is overridden twice")
+        listed.add(repo)
+        policy.overrides.append(PrivacyOverride(repo=repo, reason=str(reason or "").strip()))
+    return policy
 
 
 def load_manifest(path: str | Path) -> Manifest:
