@@ -90,3 +90,29 @@ def test_import_records_a_federated_factory_row(evidence, tmp_path):
     assert record["test"]["balanced_accuracy"] == pytest.approx(0.8)
     table = (tmp_path / "out/TABLE.md").read_text()
     assert "90.00 (1 seed) / 99.00 (1 seed) / 80.00 (1 seed)" in table
+
+
+def test_baseline_methods_report_validation_metrics_bytes_and_a_model(evidence):
+    from federated_factory.classifier import evaluate_classifier
+    from federated_factory.partition import partition_dataset
+    from test_fedcvae import digits
+
+    class TinyData:
+        name = "tiny"
+        spec = {"hflip": False, "vflip": False}
+
+        def __init__(self):
+            self.train, self.validation = digits(0, 12), digits(100, 5)
+            self.partition = partition_dataset(self.train, "iid", num_clients=2, seed=0)
+
+        def clients(self):
+            return [self.partition.client_dataset(self.train, i) for i in range(2)]
+
+    data = TinyData()
+    args = argparse.Namespace(classifier_epochs=1, fl_rounds=1, fl_local_epochs=1, fedprox_mu=0.01)
+    for method, setting in (("fedavg", {"lr": 3e-3}), ("scaffold", {"lr": 0.05}), ("centralized", {})):
+        record, (model, label_names) = evidence.once(args, data, method, setting, 0)
+        assert label_names == data.train.features["label"].names
+        again = evidence.scores(evaluate_classifier(model, data.validation, label_names))
+        assert record["validation"]["accuracy"] == pytest.approx(again["accuracy"])  # scored on validation
+        assert "test" not in record and record["bytes"] is not None
