@@ -1,17 +1,25 @@
 #!/usr/bin/env python
-"""Train the aggregator's classifier on one synthetic dataset with several settings; real test accuracy.
+"""Choose the aggregator's classifier settings on a fixed synthetic dataset, by the REAL validation split.
 
-The synthetic dataset is fixed (a folder an aggregation wrote, `<output_dir>/synthetic`), so the sweep
-isolates the classifier's settings from the factories'. Each setting is `name:key=value,key=value` over
-`ClassifierConfig` fields. Results go to a JSON file.
+The synthetic dataset is fixed (any folder written by `datasets.save_to_disk`: `<output_dir>/synthetic`
+of an aggregation, or a FedCVAE-Ens set), so the sweep isolates the classifier's settings from the
+generators'. Each setting is `name:key=value,key=value` over `ClassifierConfig` fields. Every setting is
+scored on the `validation` split of `--data` (never on `test`); the best by `--metric` is the chosen one.
+
+The test split is read only with `--final-test`, after the choice, and only for the chosen setting (the
+model already trained for it is evaluated once); the result is stored apart, under `final_test`.
 
     python benchmarks/classifier_sweep.py --synthetic runs/blood-cells-32-silos-cpu/aggregate/synthetic \\
-        --test ../shared/data/blood-cells-32 --out benchmarks/results/classifier_sweep.json \\
-        base:epochs=10,hflip=true,vflip=true long:epochs=30,hflip=true,vflip=true
+        --data ../shared/data/blood-cells-32 --out benchmarks/results/classifier_sweep.json \\
+        e10:epochs=10,hflip=true,vflip=true e30:epochs=30,hflip=true,vflip=true [--final-test]
+
+Metrics: `accuracy`, `balanced_accuracy` (mean per-class recall), `macro_f1`, `auroc` (macro one-vs-rest).
+Ties go to the earlier setting on the command line. Results are written atomically after every setting.
 """
 
+from __future__ import annotations
+
 import argparse
-import json
 import platform
 import sys
 import time
@@ -20,8 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
+
 
 def parse_setting(text: str, types: dict) -> tuple[str, dict]:
+    """`name:key=value,...` → (name, {field: typed value}); unknown ClassifierConfig fields are refused."""
     name, _, body = text.partition(":")
     values = {}
     for item in filter(None, body.split(",")):
@@ -33,10 +44,21 @@ def parse_setting(text: str, types: dict) -> tuple[str, dict]:
     return name, values
 
 
+def scores(metrics: dict) -> dict:
+    """The sweep's metrics from `evaluate_classifier`'s dict (balanced accuracy = mean per-class recall)."""
+    recall = list(metrics["per_class_recall"].values())
+    return {"accuracy": metrics["accuracy"], "balanced_accuracy": sum(recall) / len(recall),
+            "macro_f1": metrics["macro_f1"], "auroc": metrics["auroc"],
+            "per_class_recall": metrics["per_class_recall"]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--synthetic", required=True, help="a synthetic dataset folder (datasets save_to_disk)")
-    parser.add_argument("--test", required=True, help="the real dataset whose test split is evaluated")
+    parser.add_argument("--data", required=True, help="the real dataset: its validation split scores the settings")
+    parser.add_argument("--metric", choices=METRICS, default="accuracy", help="what the choice maximises")
+    parser.add_argument("--final-test", action="store_true",
+                        help="after choosing, evaluate the chosen setting once on the test split (reported apart)")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--channels", type=int, default=3)
     parser.add_argument("--out", required=True)
@@ -46,29 +68,40 @@ def main() -> int:
     import torch
     from datasets import load_from_disk
 
+    from federated_factory.atomic import atomic_write_json
     from federated_factory.classifier import ClassifierConfig, evaluate_classifier, train_classifier
     from federated_factory.data import load_image_dataset
 
     types = {f.name: {"int": int, "float": float, "bool": bool}.get(str(f.type), str) for f in fields(ClassifierConfig)}
+    parsed = [parse_setting(text, types) for text in args.settings]
     synthetic = load_from_disk(args.synthetic)
-    test = load_image_dataset(args.test, split="test", image_size=args.image_size, channels=args.channels)
-    results = []
-    for text in args.settings:
-        name, values = parse_setting(text, types)
+    validation = load_image_dataset(args.data, split="validation", image_size=args.image_size, channels=args.channels)
+    record = {"command": "python benchmarks/classifier_sweep.py " + " ".join(sys.argv[1:]),
+              "synthetic": args.synthetic, "synthetic_rows": len(synthetic), "selection_split": "validation",
+              "metric": args.metric,
+              "machine": {"platform": platform.platform(), "torch": torch.__version__}, "results": []}
+    best = None
+    for name, values in parsed:
         config = ClassifierConfig(**values)
         t0 = time.perf_counter()
         trained = train_classifier(synthetic, config, progress=False)
-        metrics = evaluate_classifier(trained.model, test, trained.label_names)
-        row = {"name": name, "settings": values, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-               "auroc": metrics["auroc"], "per_class_recall": metrics.get("per_class_recall"),
-               "seconds": time.perf_counter() - t0}
-        results.append(row)
-        print(f"{name:24s} accuracy {row['accuracy']:.4f}  macro-F1 {row['macro_f1']:.4f}  ({row['seconds']:.0f} s)",
-              flush=True)
-        Path(args.out).write_text(json.dumps({
-            "command": "python benchmarks/classifier_sweep.py " + " ".join(sys.argv[1:]),
-            "synthetic_rows": len(synthetic), "machine": {"platform": platform.platform(), "torch": torch.__version__},
-            "results": results}, indent=2))
+        row = {"name": name, "settings": values, "validation": scores(
+            evaluate_classifier(trained.model, validation, trained.label_names)),
+            "best_epoch": trained.best_epoch, "best_synthetic_val_accuracy": trained.best_val_accuracy,
+            "seconds": time.perf_counter() - t0}
+        record["results"].append(row)
+        value = row["validation"][args.metric]
+        if best is None or (value is not None and value > best[1]):
+            best = (name, value, trained)
+        print(f"{name:24s} validation {args.metric} {value:.4f}  ({row['seconds']:.0f} s)", flush=True)
+        record["chosen"] = best[0]
+        atomic_write_json(args.out, record)
+    if args.final_test:
+        name, _, trained = best
+        test = load_image_dataset(args.data, split="test", image_size=args.image_size, channels=args.channels)
+        record["final_test"] = {"setting": name, **scores(evaluate_classifier(trained.model, test, trained.label_names))}
+        atomic_write_json(args.out, record)
+        print(f"chosen {name}: test accuracy {record['final_test']['accuracy']:.4f} (read once)", flush=True)
     return 0
 
 

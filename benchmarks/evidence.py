@@ -1,0 +1,426 @@
+#!/usr/bin/env python
+"""The evidence table of issue 14: dataset × partition × seed × method, resumable, validation-only choices.
+
+Every finished (row, stage) is one JSON file written atomically under `--out` (default
+`benchmarks/results/evidence/`) and skipped when the driver runs again, so a run longer than a session
+resumes where it stopped; commit the folder as stages finish. Each file records the wall time of every
+sub-stage, the bytes exchanged, the machine (platform, cores, torch threads, load average) and the command.
+
+Layout: `<out>/<dataset>/<partition>/<method>/select-<name>.json` (one validation-scored candidate, seed 0)
+and `<out>/<dataset>/<partition>/<method>/seed<k>.json` (the chosen setting at seed k: validation and
+test metrics; the test split is read once, there). `TABLE.md` is rendered from these files.
+
+Methods run here (library functions only):
+* `fedcvae`: FedCVAE-Ens (`federated_factory.fedcvae.run_fedcvae`); the CVAE setting is chosen among
+  `--cvae-grid` on the validation split at seed 0 and reused for every seed.
+* `fedavg`, `fedprox`, `scaffold`: `federated_factory.baselines.run_fedavg / run_scaffold`, `--fl-rounds` ×
+  `--fl-local-epochs` ≥ the classifier's epochs, the learning rate chosen among `--fl-lrs` on validation.
+* `centralized`: `federated_factory.baselines.run_centralized` on the union of the clients' rows.
+FederatedFactory rows come from a finished run's results JSON (`benchmarks/federation.py` or
+`benchmarks/reaggregate.py`), recorded with the `import` command:
+
+    python benchmarks/evidence.py run --datasets blood-cells-32 --partitions silos --seeds 0 --methods fedcvae
+    python benchmarks/evidence.py import --dataset blood-cells-32 --partition silos --seed 0 \\
+        --method ff-server --results runs/blood-cells-32-silos-cpu-s0/results.json
+    python benchmarks/evidence.py table
+
+Partitions: `silos`, `dirichlet-<alpha>`, `pathological-<k>`, `iid-<n>` (partition seed `--partition-seed`,
+the same for every method and seed: a seed changes training, synthesis and classifier, not the split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "evidence"
+DATA_ROOT = ROOT.parent / "shared" / "data"
+DEFAULT_WORK = ROOT / "runs" / "evidence"  # candidates' classifiers (not committed), so any process can reuse them
+# image size, channels, flips, headline metrics (the issue asks macro-AUROC and balanced accuracy for derma)
+DATASETS = {
+    "blood-cells-32": dict(image_size=32, channels=3, hflip=True, vflip=True, metrics=("accuracy",)),
+    "derma-28": dict(image_size=28, channels=3, hflip=True, vflip=True,
+                     metrics=("accuracy", "auroc", "balanced_accuracy")),
+    "cifar10-32": dict(image_size=32, channels=3, hflip=True, vflip=False, metrics=("accuracy",)),
+}
+METHODS = ("ff-server", "ff-network", "fedcvae", "fedavg", "fedprox", "scaffold", "centralized")
+COLUMNS = {"ff-server": "FederatedFactory (server)", "ff-network": "FederatedFactory (network)",
+           "fedcvae": "FedCVAE-Ens", "fedavg": "FedAvg", "fedprox": "FedProx", "scaffold": "SCAFFOLD",
+           "centralized": "centralized"}
+# what the FederatedFactory paper reports for the same family of benchmark (not the same files; see README)
+PAPER = {
+    ("blood-cells-32", "silos"): "BloodMNIST: FF 91.17, centralized 91.23",
+    ("cifar10-32", "silos"): "CIFAR-10: FedAvg 11.36, FF 84.30 server / 90.57 network",
+    ("derma-28", "silos"): "ISIC2019 (AUROC): not the same dataset",
+}
+# FedCVAE-Ens candidates: name -> CVAEConfig overrides
+CVAE_GRID = {
+    "z16-b1": dict(latent_dim=16, beta=1.0),
+    "z16-b0.25": dict(latent_dim=16, beta=0.25),
+    "z32-b1": dict(latent_dim=32, beta=1.0),
+}
+
+
+# ------------------------------------------------------------------------------------------------------
+# records
+
+
+def machine() -> dict:
+    import torch
+
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "load_average": list(os.getloadavg()), "python": platform.python_version()}
+
+
+def scores(metrics: dict) -> dict:
+    """accuracy, balanced accuracy (mean per-class recall), macro-F1, macro-AUROC from `evaluate_classifier`."""
+    recall = list(metrics["per_class_recall"].values())
+    return {"accuracy": metrics["accuracy"], "balanced_accuracy": sum(recall) / len(recall),
+            "macro_f1": metrics["macro_f1"], "auroc": metrics["auroc"],
+            "per_class_recall": metrics["per_class_recall"]}
+
+
+def stage_path(out: Path, dataset: str, partition: str, method: str, stage: str) -> Path:
+    return out / dataset / partition / method / f"{stage}.json"
+
+
+def save_stage(path: Path, record: dict) -> None:
+    from federated_factory.atomic import atomic_write_json
+
+    record = {**record, "machine": machine(), "command": "python benchmarks/evidence.py " + " ".join(sys.argv[1:]),
+              "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, record)
+    print(f"saved {path}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------------
+# data
+
+
+class Data:
+    """One dataset's splits and one partition of its train split, loaded once per (dataset, partition)."""
+
+    def __init__(self, data_root: Path, dataset: str, partition: str, partition_seed: int):
+        from federated_factory.data import load_image_dataset
+        from federated_factory.partition import partition_dataset
+
+        if dataset not in DATASETS:
+            raise SystemExit(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
+        self.name, self.spec = dataset, DATASETS[dataset]
+        source = str(data_root / dataset)
+        opts = dict(image_size=self.spec["image_size"], channels=self.spec["channels"])
+        self.train = load_image_dataset(source, "train", **opts)
+        self.validation = load_image_dataset(source, "validation", **opts)
+        self._source, self._opts = source, opts
+        scheme, _, value = partition.partition("-")
+        kwargs = {"dirichlet": lambda v: dict(alpha=float(v)), "pathological": lambda v: dict(classes_per_client=int(v)),
+                  "iid": lambda v: dict(num_clients=int(v)), "silos": lambda v: {}}
+        if scheme not in kwargs or (scheme != "silos" and not value):
+            raise SystemExit(f"unknown partition {partition!r}: use silos, dirichlet-A, pathological-K or iid-N")
+        extra = kwargs[scheme](value)
+        if scheme in ("dirichlet", "pathological"):
+            extra["num_clients"] = len(self.train.features["label"].names)
+        self.partition = partition_dataset(self.train, scheme, seed=partition_seed, **extra)
+
+    def test(self):
+        """The test split; call only for the chosen setting's final number."""
+        from federated_factory.data import load_image_dataset
+
+        return load_image_dataset(self._source, "test", **self._opts)
+
+    def clients(self) -> list:
+        return [self.partition.client_dataset(self.train, i) for i in range(self.partition.num_clients)]
+
+
+def classifier_config(args, data: Data, seed: int):
+    from federated_factory.classifier import ClassifierConfig
+
+    return ClassifierConfig(epochs=args.classifier_epochs, hflip=data.spec["hflip"], vflip=data.spec["vflip"],
+                            seed=seed)
+
+
+# ------------------------------------------------------------------------------------------------------
+# methods: each returns (record, model-or-None); the record holds validation metrics
+
+
+def fedcvae_once(args, data: Data, overrides: dict, seed: int) -> tuple[dict, object]:
+    from federated_factory.classifier import evaluate_classifier
+    from federated_factory.fedcvae import CVAEConfig, run_fedcvae
+
+    cvae = CVAEConfig(train_steps=args.cvae_steps, batch_size=args.cvae_batch_size, **overrides)
+    result = run_fedcvae(data.train, data.partition, cvae=cvae, classifier=classifier_config(args, data, seed),
+                         samples_per_class=args.samples_per_class, seed=seed, channels=data.spec["channels"])
+    t0 = time.perf_counter()
+    validation = scores(evaluate_classifier(result.trained.model, data.validation, result.trained.label_names))
+    timings = {**result.timings, "validation_seconds": time.perf_counter() - t0}
+    record = {"cvae": dataclasses.replace(cvae, seed=seed).to_dict(), "validation": validation, "timings": timings,
+              "bytes": {"upload": result.upload_bytes, "download": 0},
+              "clients": [u.summary() for u in result.uploads], "classifier": result.trained.summary(),
+              "samples_per_class": args.samples_per_class}
+    return record, (result.trained.model, result.trained.label_names)
+
+
+def fl_once(args, data: Data, method: str, lr: float, seed: int) -> tuple[dict, object]:
+    from federated_factory.baselines import run_fedavg, run_scaffold
+
+    config = dataclasses.replace(classifier_config(args, data, seed), lr=lr)
+    common = dict(rounds=args.fl_rounds, local_epochs=args.fl_local_epochs, seed=seed, progress=False,
+                  return_model=True)
+    t0 = time.perf_counter()
+    if method == "scaffold":  # local SGD: lr is SCAFFOLD's local learning rate
+        out = run_scaffold(data.clients(), data.validation, config, local_lr=lr, **common)
+    else:
+        out = run_fedavg(data.clients(), data.validation, config, mu=args.fedprox_mu if method == "fedprox" else 0.0,
+                         **common)
+    model = out.pop("model")
+    record = {"lr": lr, "validation": scores(out), "timings": {"train_seconds": time.perf_counter() - t0},
+              "bytes": out.get("communication"), "selected_round": out.get("selected_round"),
+              "rounds": args.fl_rounds, "local_epochs": args.fl_local_epochs}
+    return record, (model, list(data.train.features["label"].names))
+
+
+def centralized_once(args, data: Data, seed: int) -> tuple[dict, object]:
+    from federated_factory.baselines import run_centralized
+
+    out = run_centralized(data.clients(), data.validation, classifier_config(args, data, seed), progress=False,
+                          return_model=True)
+    model = out.pop("model")
+    record = {"validation": scores(out), "timings": {"train_seconds": out["wall_time_s"]},
+              "bytes": {"upload": 0, "download": 0, "note": "all data pooled: not a federated method"},
+              "best_epoch": out.get("best_epoch")}
+    return record, (model, out["label_names"])
+
+
+def save_model(work: Path, model_and_names, name: str) -> None:
+    """Keep a candidate's classifier (safetensors folder) so that a later process can report it on test."""
+    import shutil
+
+    from federated_factory.classifier import save_classifier
+
+    model, label_names = model_and_names
+    target = work / name
+    partial = work / f".{name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    save_classifier(model, partial, label_names=label_names, image_size=getattr(model, "ff_image_size", None))
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+
+
+def load_model(work: Path, name: str):
+    from federated_factory.classifier import load_classifier
+
+    if not (work / name / "model.safetensors").exists() and not (work / name / "config.json").exists():
+        return None
+    loaded = load_classifier(work / name)
+    return loaded.model, loaded.label_names
+
+
+def candidates(args, method: str) -> dict[str, dict]:
+    if method == "fedcvae":
+        unknown = [g for g in args.cvae_grid if g not in CVAE_GRID]
+        if unknown:
+            raise SystemExit(f"unknown --cvae-grid entries {unknown}; known: {sorted(CVAE_GRID)}")
+        return {g: CVAE_GRID[g] for g in args.cvae_grid}
+    if method in ("fedavg", "fedprox", "scaffold"):
+        lrs = args.scaffold_lrs if method == "scaffold" else args.fl_lrs
+        return {f"lr{lr:g}": {"lr": lr} for lr in lrs}
+    return {}
+
+
+def once(args, data: Data, method: str, setting: dict, seed: int):
+    if method == "fedcvae":
+        return fedcvae_once(args, data, setting, seed)
+    if method in ("fedavg", "fedprox", "scaffold"):
+        return fl_once(args, data, method, setting["lr"], seed)
+    return centralized_once(args, data, seed)
+
+
+def run_method(args, data: Data, partition: str, method: str, seeds: list[int]) -> None:
+    """Select on validation (seed 0, one file per candidate), then one file per seed with the test number."""
+    from federated_factory.classifier import evaluate_classifier
+
+    out = Path(args.out)
+    work = Path(getattr(args, "work", None) or DEFAULT_WORK) / data.name / partition / method
+    grid, kept = candidates(args, method), {}
+    chosen = None
+    if grid:
+        best = None
+        for name, setting in grid.items():
+            path = stage_path(out, data.name, partition, method, f"select-{name}")
+            if path.exists():
+                record = json.loads(path.read_text())
+            else:
+                record, model = once(args, data, method, setting, args.select_seed)
+                record = {**record, "setting": setting, "seed": args.select_seed, "stage": "select"}
+                if getattr(args, "keep_models", True):
+                    save_model(work, model, f"select-{name}")
+                save_stage(path, record)
+                kept[name] = model  # reused below if this candidate is chosen (same seed, same result)
+            value = record["validation"][args.metric]
+            if best is None or (value is not None and value > best[1]):
+                best = (name, value)
+        chosen = best[0]
+    if getattr(args, "select_only", False):
+        return
+    for seed in seeds:
+        path = stage_path(out, data.name, partition, method, f"seed{seed}")
+        if path.exists():
+            print(f"skip {path} (done)", flush=True)
+            continue
+        t0 = time.perf_counter()
+        reuse = None
+        if chosen is not None and seed == args.select_seed:
+            reuse = kept.get(chosen) or load_model(work, f"select-{chosen}")
+        if reuse is not None:
+            record = json.loads(stage_path(out, data.name, partition, method, f"select-{chosen}").read_text())
+            model, label_names = reuse
+            record["reused_from"] = f"select-{chosen}"
+        else:
+            record, (model, label_names) = once(args, data, method, grid.get(chosen, {}), seed)
+        t1 = time.perf_counter()
+        test = scores(evaluate_classifier(model, data.test(), label_names))  # the one read of test for this number
+        record = {**record, "stage": "final", "seed": seed, "chosen": chosen, "metric": args.metric,
+                  "candidates": sorted(grid), "test": test,
+                  "timings": {**record.get("timings", {}), "test_seconds": time.perf_counter() - t1,
+                              "stage_seconds": t1 - t0}}
+        save_stage(path, record)
+
+
+# ------------------------------------------------------------------------------------------------------
+# FederatedFactory rows from a finished run
+
+
+def import_ff(args) -> None:
+    """Record a FederatedFactory number from a federation.py results.json or a reaggregate.py JSON."""
+    data = json.loads(Path(args.results).read_text())
+    ff = data.get("federated_factory", data)
+    if "accuracy" not in ff:
+        raise SystemExit(f"{args.results}: no FederatedFactory accuracy found")
+    recall = ff.get("per_class_recall") or {}
+    test = {"accuracy": ff["accuracy"], "auroc": ff.get("auroc"), "macro_f1": ff.get("macro_f1"),
+            "balanced_accuracy": sum(recall.values()) / len(recall) if recall else None, "per_class_recall": recall}
+    timings = {**(data.get("timings") or {}), **(ff.get("timings") or {})}
+    communication = ff.get("communication") or ff.get("synthesis_stats")
+    record = {"stage": "final", "seed": args.seed, "test": test, "timings": timings, "bytes": communication,
+              "source": str(args.results), "source_command": data.get("command"),
+              "source_machine": data.get("machine"), "note": args.note}
+    save_stage(stage_path(Path(args.out), args.dataset, args.partition, args.method, f"seed{args.seed}"), record)
+
+
+# ------------------------------------------------------------------------------------------------------
+# table
+
+
+def fmt(values: list[float]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f} (1 seed)"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f} ({len(values)} seeds)"
+
+
+def render_table(out: Path) -> str:
+    rows: dict[tuple[str, str], dict[str, list[dict]]] = {}
+    for path in sorted(out.glob("*/*/*/seed*.json")):
+        dataset, partition, method = path.parts[-4:-1]
+        rows.setdefault((dataset, partition), {}).setdefault(method, []).append(json.loads(path.read_text()))
+    lines = ["# Evidence table (issue 14)", "",
+             "Rendered by `python benchmarks/evidence.py table` from the stage files in this folder. Cells: test "
+             "metric in %, mean ± sample std over seeds (the number of seeds in brackets). Every setting was "
+             "chosen on the validation split; test was read once per cell entry. derma-28 cells: accuracy / "
+             "macro-AUROC / balanced accuracy. Empty cells: not run yet.", "",
+             "| dataset | partition | " + " | ".join(COLUMNS.values()) + " | paper (reference) |",
+             "|---|---|" + "---|" * (len(COLUMNS) + 1)]
+    for (dataset, partition), methods in sorted(rows.items()):
+        metrics = DATASETS.get(dataset, {}).get("metrics", ("accuracy",))
+        cells = []
+        for method in COLUMNS:
+            records = methods.get(method, [])
+            cells.append(" / ".join(fmt([r["test"].get(m) for r in records]) for m in metrics) if records else "")
+        lines.append(f"| {dataset} | {partition} | " + " | ".join(cells) + f" | {PAPER.get((dataset, partition), '')} |")
+    lines += ["", "## Per-row details", ""]
+    for (dataset, partition), methods in sorted(rows.items()):
+        for method, records in sorted(methods.items()):
+            for r in sorted(records, key=lambda r: r["seed"]):
+                timing = ", ".join(f"{k} {v:.0f} s" for k, v in (r.get("timings") or {}).items()
+                                   if isinstance(v, (int, float)))
+                lines.append(f"- {dataset} / {partition} / {method} / seed {r['seed']}: test accuracy "
+                             f"{100 * r['test']['accuracy']:.2f}%"
+                             + (f", chosen `{r['chosen']}` by validation {r.get('metric')}" if r.get("chosen") else "")
+                             + f"; bytes {json.dumps(r.get('bytes'), default=str)}; {timing}; machine "
+                             f"{r['machine']['platform']}, {r['machine']['cpu_count']} cores, load "
+                             f"{r['machine']['load_average'][0]:.1f}")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(DEFAULT_OUT))
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run (or resume) rows")
+    run.add_argument("--data-root", default=str(DATA_ROOT))
+    run.add_argument("--datasets", nargs="+", default=["blood-cells-32"])
+    run.add_argument("--partitions", nargs="+", default=["silos"])
+    run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    run.add_argument("--methods", nargs="+", default=["fedcvae"], choices=[m for m in METHODS if not m.startswith("ff")])
+    run.add_argument("--partition-seed", type=int, default=0)
+    run.add_argument("--work", default=str(DEFAULT_WORK), help="where candidates' classifiers are kept (not committed)")
+    run.add_argument("--select-seed", type=int, default=0, help="the seed at which candidates are scored")
+    run.add_argument("--metric", default="accuracy", choices=("accuracy", "balanced_accuracy", "auroc", "macro_f1"))
+    run.add_argument("--classifier-epochs", type=int, default=30)
+    run.add_argument("--samples-per-class", type=int, default=500)
+    run.add_argument("--cvae-grid", nargs="+", default=list(CVAE_GRID))
+    run.add_argument("--select-only", action="store_true",
+                     help="score the candidates given and stop (to spread a grid over processes; no test read)")
+    run.add_argument("--cvae-steps", type=int, default=1200, help="CVAE steps per client (× batch = images seen)")
+    run.add_argument("--cvae-batch-size", type=int, default=64)
+    run.add_argument("--fl-rounds", type=int, default=30)
+    run.add_argument("--fl-local-epochs", type=int, default=1)
+    run.add_argument("--fl-lrs", nargs="+", type=float, default=[1e-3, 3e-3, 1e-2])
+    run.add_argument("--scaffold-lrs", nargs="+", type=float, default=[0.01, 0.05, 0.1])
+    run.add_argument("--fedprox-mu", type=float, default=0.01)
+    imp = sub.add_parser("import", help="record a FederatedFactory row from a finished run's results JSON")
+    imp.add_argument("--dataset", required=True)
+    imp.add_argument("--partition", required=True)
+    imp.add_argument("--seed", type=int, required=True)
+    imp.add_argument("--method", required=True, choices=("ff-server", "ff-network"))
+    imp.add_argument("--results", required=True)
+    imp.add_argument("--note", default="")
+    sub.add_parser("table", help="render TABLE.md")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.command == "run":
+        if args.fl_rounds * args.fl_local_epochs < args.classifier_epochs:
+            raise SystemExit("fair budget: --fl-rounds × --fl-local-epochs must be >= --classifier-epochs")
+        for dataset in args.datasets:
+            for partition in args.partitions:
+                data = Data(Path(args.data_root), dataset, partition, args.partition_seed)
+                for method in args.methods:
+                    run_method(args, data, partition, method, args.seeds)
+    elif args.command == "import":
+        import_ff(args)
+    from federated_factory.atomic import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "TABLE.md", render_table(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

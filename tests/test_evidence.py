@@ -1,0 +1,118 @@
+"""Behaviour of the evidence driver (benchmarks/evidence.py): validation-only choice, one test read per
+reported number, resumable stage files, the rendered table. The methods are replaced by fakes: the
+driver's bookkeeping is what is tested here (the methods have their own tests)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def evidence(monkeypatch):
+    spec = importlib.util.spec_from_file_location("evidence_driver", ROOT / "benchmarks" / "evidence.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FakeData:
+    name = "blood-cells-32"
+    spec = {"metrics": ("accuracy",)}
+    validation = "VALIDATION"
+
+    def __init__(self):
+        self.test_reads = 0
+
+    def test(self):
+        self.test_reads += 1
+        return "TEST"
+
+
+def args_for(tmp_path):
+    return argparse.Namespace(out=str(tmp_path), cvae_grid=["z16-b1", "z32-b1"], select_seed=0, metric="accuracy",
+                              work=str(tmp_path / "work"), keep_models=False)
+
+
+def test_choice_uses_validation_test_read_once_per_seed_and_rerun_skips(evidence, tmp_path, monkeypatch):
+    calls = []
+    validation_accuracy = {16: 0.6, 32: 0.8}  # z32 wins on validation
+
+    def fake_once(args, data, method, setting, seed):
+        calls.append((setting.get("latent_dim"), seed))
+        return ({"validation": {"accuracy": validation_accuracy[setting["latent_dim"]]}, "timings": {"x": 1.0},
+                 "bytes": {"upload": 10}}, ("model", ["a"]))
+
+    evaluated = []
+
+    def fake_evaluate(model, dataset, label_names):
+        evaluated.append(dataset)
+        return {"accuracy": 0.5, "macro_f1": 0.5, "auroc": 0.9, "per_class_recall": {"a": 0.5}}
+
+    monkeypatch.setattr(evidence, "once", fake_once)
+    monkeypatch.setattr("federated_factory.classifier.evaluate_classifier", fake_evaluate)
+    args = args_for(tmp_path)
+    data = FakeData()
+    evidence.run_method(args, data, "silos", "fedcvae", [0, 1])
+
+    # two candidates scored at seed 0, the chosen one reused for seed 0, rerun only for seed 1
+    assert calls == [(16, 0), (32, 0), (32, 1)]
+    assert evaluated == ["TEST", "TEST"] and data.test_reads == 2  # test only for the chosen setting, once a seed
+    seed0 = json.loads((tmp_path / "blood-cells-32/silos/fedcvae/seed0.json").read_text())
+    assert seed0["chosen"] == "z32-b1" and seed0["reused_from"] == "select-z32-b1"
+    assert "test" not in json.loads((tmp_path / "blood-cells-32/silos/fedcvae/select-z16-b1.json").read_text())
+    assert {"platform", "cpu_count", "load_average"} <= set(seed0["machine"])
+
+    calls.clear()
+    evidence.run_method(args, data, "silos", "fedcvae", [0, 1, 2])  # resume: only seed 2 is new
+    assert calls == [(32, 2)]
+
+    table = evidence.render_table(tmp_path)
+    assert "50.00 ± 0.00 (3 seeds)" in table
+    assert "BloodMNIST" in table
+
+
+def test_import_records_a_federated_factory_row(evidence, tmp_path):
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"federated_factory": {"accuracy": 0.9, "auroc": 0.99, "macro_f1": 0.88,
+                                                         "per_class_recall": {"a": 1.0, "b": 0.6},
+                                                         "communication": {"upload": 5}},
+                                   "timings": {"clients_seconds": 10.0}}))
+    evidence.main(["--out", str(tmp_path / "out"), "import", "--dataset", "derma-28", "--partition", "silos",
+                   "--seed", "0", "--method", "ff-server", "--results", str(results)])
+    record = json.loads((tmp_path / "out/derma-28/silos/ff-server/seed0.json").read_text())
+    assert record["test"]["balanced_accuracy"] == pytest.approx(0.8)
+    table = (tmp_path / "out/TABLE.md").read_text()
+    assert "90.00 (1 seed) / 99.00 (1 seed) / 80.00 (1 seed)" in table
+
+
+def test_baseline_methods_report_validation_metrics_bytes_and_a_model(evidence):
+    from federated_factory.classifier import evaluate_classifier
+    from federated_factory.partition import partition_dataset
+    from test_fedcvae import digits
+
+    class TinyData:
+        name = "tiny"
+        spec = {"hflip": False, "vflip": False}
+
+        def __init__(self):
+            self.train, self.validation = digits(0, 12), digits(100, 5)
+            self.partition = partition_dataset(self.train, "iid", num_clients=2, seed=0)
+
+        def clients(self):
+            return [self.partition.client_dataset(self.train, i) for i in range(2)]
+
+    data = TinyData()
+    args = argparse.Namespace(classifier_epochs=1, fl_rounds=1, fl_local_epochs=1, fedprox_mu=0.01)
+    for method, setting in (("fedavg", {"lr": 3e-3}), ("scaffold", {"lr": 0.05}), ("centralized", {})):
+        record, (model, label_names) = evidence.once(args, data, method, setting, 0)
+        assert label_names == data.train.features["label"].names
+        again = evidence.scores(evaluate_classifier(model, data.validation, label_names))
+        assert record["validation"]["accuracy"] == pytest.approx(again["accuracy"])  # scored on validation
+        assert "test" not in record and record["bytes"] is not None
