@@ -97,6 +97,7 @@ def combined(network, experts, tmp_path_factory):
 # ---- experts ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_expert_trains_on_its_own_rows_and_synthetic_rows_of_other_factories_only(network, experts, server_cache):
     from federated_factory.network import OWN_DATA_SOURCE
     from federated_factory.network.expert import data_fingerprint, read_provenance
@@ -131,6 +132,7 @@ def test_expert_trains_on_its_own_rows_and_synthetic_rows_of_other_factories_onl
         assert set(provenance["split"]) == {"train", "validation"}
 
 
+@pytest.mark.slow
 def test_expert_is_published_with_its_provenance_and_validation_metrics(network, experts):
     from huggingface_hub import HfApi, ModelCard, hf_hub_download
 
@@ -163,6 +165,7 @@ def _test_batch(n=64):
     return dataset_to_tensors(test.select(range(n)), 1)[0]
 
 
+@pytest.mark.slow
 def test_product_equals_the_sum_of_clamped_log_probabilities_computed_by_hand(combined):
     model = combined.model
     x = _test_batch()
@@ -193,6 +196,7 @@ def test_an_expert_that_rules_a_class_out_is_clamped_at_the_floor():
     assert model.predict_proba(torch.zeros(1, 1, 4, 4))[0, 1] == pytest.approx(1e-6, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_published_federation_model_reloads_and_predicts_identically(network, combined):
     from huggingface_hub import ModelCard
 
@@ -209,6 +213,7 @@ def test_published_federation_model_reloads_and_predicts_identically(network, co
     assert listed == [f"{e['repo']}@{e['revision']}" for e in combined.experts]
 
 
+@pytest.mark.slow
 def test_product_and_each_expert_are_evaluated_with_the_aggregators_metrics(combined):
     evaluation = combined.evaluation
     assert set(evaluation["product"]) >= {"accuracy", "macro_f1", "auroc", "per_class_recall", "confusion_matrix"}
@@ -234,6 +239,7 @@ def _copy_expert(hub, network, result, repo, edit):
     return f"{repo}@{api.create_commit(repo, operations=ops, commit_message='copy').oid}"
 
 
+@pytest.mark.slow
 def test_combine_names_every_expert_with_another_label_space_or_manifest(hub, network, experts, tmp_path):
     from federated_factory.network import ExpertError, combine
 
@@ -252,6 +258,7 @@ def test_combine_names_every_expert_with_another_label_space_or_manifest(hub, ne
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_expert_that_must_synthesize_a_class_no_factory_holds_is_refused_naming_its_repo(network, tmp_path):
     from federated_factory.network import ExpertError, train_expert
 
@@ -265,6 +272,7 @@ def test_expert_that_must_synthesize_a_class_no_factory_holds_is_refused_naming_
     assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_expert_data_outside_the_label_space_is_refused(network, tmp_path):
     from federated_factory.network import ExpertError, train_expert
 
@@ -293,6 +301,7 @@ def network_unlearned(network, experts, combined, tmp_path_factory):
     return certificate, out
 
 
+@pytest.mark.slow
 def test_network_unlearning_leaves_no_row_of_the_removed_factory_in_any_rebuilt_expert(network, network_unlearned):
     from federated_factory.network.expert import read_provenance
 
@@ -309,6 +318,7 @@ def test_network_unlearning_leaves_no_row_of_the_removed_factory_in_any_rebuilt_
     assert certificate["manifest_after"]["label_space"] == ["0", "1", "2"]
 
 
+@pytest.mark.slow
 def test_network_unlearning_reuses_the_cache_and_matches_a_from_scratch_rebuild(network_unlearned):
     certificate, _ = network_unlearned
     assert certificate["chunks_regenerated"] == 0
@@ -316,6 +326,7 @@ def test_network_unlearning_reuses_the_cache_and_matches_a_from_scratch_rebuild(
     assert all(e["from_scratch_identical"] for e in certificate["experts_rebuilt"])
 
 
+@pytest.mark.slow
 def test_network_unlearning_republishes_without_superseded_revisions(hub, network, network_unlearned):
     from huggingface_hub import HfApi
 
@@ -330,3 +341,49 @@ def test_network_unlearning_republishes_without_superseded_revisions(hub, networ
                                              token=network["token"])
     assert model.label_names == ["0", "1", "2"] and len(model.experts) == 2
     assert certificate["accuracy_after"] is not None
+
+
+# ---- command line pieces ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_train_expert_command_gives_the_library_s_expert(network, experts, tmp_path):
+    """`federated-factory train-expert` / `recipes/train_expert.py` options → the same weights as `train_expert`."""
+    import argparse
+
+    from federated_factory.network.commands import add_train_expert_arguments, run_train_expert
+
+    hospital = network["hospitals"]["A"]
+    hospital.data.save_to_disk(str(tmp_path / "hospital-a"))
+    manifest_path = network["manifest"].save(tmp_path / "manifest.yaml")
+    parser = argparse.ArgumentParser()
+    add_train_expert_arguments(parser)
+    args = parser.parse_args(["--manifest", str(manifest_path), "--data", str(tmp_path / "hospital-a"),
+                              "--factory", hospital.factory, "--token", hospital.token, "--no-publish",
+                              "--cache-dir", str(network["cache"]), "--output-dir", str(tmp_path / "out"),
+                              "--no-progress"])
+    assert run_train_expert(args) == 0
+    config = json.loads((tmp_path / "out" / "expert" / "expert.json").read_text())
+    assert config["weights_sha256"] == experts["A"].weights_sha256
+    assert config["own_classes"] == ["0", "1"]
+
+
+@pytest.mark.slow
+def test_hospitals_file_reads_tokens_from_the_environment_only(network, tmp_path, monkeypatch):
+    import yaml
+
+    from federated_factory.errors import FederatedFactoryError
+    from federated_factory.network.commands import load_hospitals
+
+    hospital = network["hospitals"]["B"]
+    hospital.data.save_to_disk(str(tmp_path / "hospital-b"))
+    spec = {"hospitals": [{"name": "B", "data": str(tmp_path / "hospital-b"), "factory": hospital.factory,
+                           "expert_repo": hospital.expert_repo, "token_env": "NET_TEST_TOKEN_B"}]}
+    path = tmp_path / "hospitals.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(FederatedFactoryError, match="NET_TEST_TOKEN_B is not set"):
+        load_hospitals(path)
+    monkeypatch.setenv("NET_TEST_TOKEN_B", hospital.token)
+    [loaded] = load_hospitals(path)
+    assert loaded.token == hospital.token and hospital.token not in repr(loaded)
+    assert len(loaded.data) == len(hospital.data) and loaded.factory == hospital.factory
