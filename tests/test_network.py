@@ -73,25 +73,23 @@ def server_cache(network):
 
 
 @pytest.fixture(scope="module")
-def experts(network, server_cache, tmp_path_factory):
-    from federated_factory.network import train_expert
+def network_run(network, server_cache, tmp_path_factory):
+    """Every hospital trains and publishes its expert; the experts are combined and published."""
+    from federated_factory.network import train_network
 
-    out = tmp_path_factory.mktemp("experts")
-    results = {}
-    for name, hospital in network["hospitals"].items():
-        results[name] = train_expert(network["manifest"], hospital.data, repo=hospital.expert_repo,
-                                     factory=hospital.factory, cache_dir=network["cache"], token=hospital.token,
-                                     output_dir=out / name, progress=False)
-    return results
+    return train_network(network["manifest"], [network["hospitals"][n] for n in "ABC"],
+                         federation_repo="net-federation/federation-model", cache_dir=network["cache"],
+                         token=network["token"], output_dir=tmp_path_factory.mktemp("network-run"), progress=False)
 
 
 @pytest.fixture(scope="module")
-def combined(network, experts, tmp_path_factory):
-    from federated_factory.network import combine
+def experts(network_run):
+    return network_run.experts
 
-    refs = [experts[n].ref for n in "ABC"]
-    return combine(network["manifest"], refs, repo="net-federation/federation-model", token=network["token"],
-                   output_dir=tmp_path_factory.mktemp("combined"))
+
+@pytest.fixture(scope="module")
+def combined(network_run):
+    return network_run.combined
 
 
 # ---- experts ----------------------------------------------------------------------------------------
@@ -214,12 +212,17 @@ def test_published_federation_model_reloads_and_predicts_identically(network, co
 
 
 @pytest.mark.slow
-def test_product_and_each_expert_are_evaluated_with_the_aggregators_metrics(combined):
+def test_product_and_each_expert_are_evaluated_with_the_aggregators_metrics(network_run, combined):
     evaluation = combined.evaluation
     assert set(evaluation["product"]) >= {"accuracy", "macro_f1", "auroc", "per_class_recall", "confusion_matrix"}
     assert set(evaluation["experts"]) == {f"{e['repo']}@{e['revision']}" for e in combined.experts}
     for metrics in evaluation["experts"].values():
         assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n"] == evaluation["product"]["n"]
+    summary = network_run.summary()
+    assert [row["hospital"] for row in summary["experts"]] == ["A", "B", "C"]
+    assert [row["test_accuracy"] for row in summary["experts"]] == [
+        evaluation["experts"][f"{e['repo']}@{e['revision']}"]["accuracy"] for e in combined.experts]
+    assert summary["product"]["accuracy"] == evaluation["product"]["accuracy"]
 
 
 # ---- bad input: one error naming the repo, before any compute ----------------------------------------------

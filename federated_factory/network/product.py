@@ -253,9 +253,19 @@ def resolved_manifest_hash(manifest: Manifest, *, token: str | None = None) -> s
 
     from ..hub.manifest import FactoryEntry
 
+    from huggingface_hub.errors import HfHubHTTPError
+
     api = HfApi(token=token)
-    entries = [f if SHA_RE.match(f.revision) else FactoryEntry(f.repo, api.model_info(f.repo, revision=f.revision).sha)
-               for f in manifest.factories]
+    entries = []
+    for f in manifest.factories:
+        if SHA_RE.match(f.revision):
+            entries.append(f)
+            continue
+        try:
+            entries.append(FactoryEntry(f.repo, api.model_info(f.repo, revision=f.revision).sha))
+        except HfHubHTTPError:
+            raise ExpertError(f"manifest factory {f}: cannot resolve its revision on the Hub (not found, or this "
+                              "token may not read it)") from None
     return Manifest(**{**manifest.__dict__, "factories": entries}).content_hash()
 
 
