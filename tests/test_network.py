@@ -43,7 +43,7 @@ def network(hub, tmp_path_factory):
     for name, counts in HOLDINGS.items():
         data = _rows(train, counts)
         repo = f"{owners[name]}-org/factory"
-        refs[name], _ = run_client(data, repo, config, token=tokens[name], audit_samples_per_class=4, progress=False)
+        refs[name], _ = run_client(data, repo, config, token=tokens[name], audit_samples_per_class=16, progress=False)
         hospitals[name] = Hospital(name=name, data=data, factory=repo, expert_repo=f"{owners[name]}-org/expert",
                                    token=tokens[name])
     manifest = Manifest(
