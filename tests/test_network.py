@@ -134,6 +134,8 @@ def test_expert_trains_on_its_own_rows_and_synthetic_rows_of_other_factories_onl
 def test_expert_is_published_with_its_provenance_and_validation_metrics(network, experts):
     from huggingface_hub import HfApi, ModelCard, hf_hub_download
 
+    from federated_factory.network.product import resolved_manifest_hash
+
     result = experts["A"]
     token = network["tokens"]["A"]
     pub = result.published["expert"]
@@ -141,7 +143,7 @@ def test_expert_is_published_with_its_provenance_and_validation_metrics(network,
     assert {"config.json", "model.safetensors", "expert.json", "README.md"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
     config = json.loads(Path(hf_hub_download(pub["repo"], "expert.json", revision=pub["revision"], token=token)).read_text())
-    assert config["manifest_hash"] == network["manifest"].content_hash()
+    assert config["manifest_hash"] == resolved_manifest_hash(network["manifest"], token=token)
     assert config["label_space"] == LABELS
     assert config["synthetic_classes"] == ["2", "3"]
     card = ModelCard.load(pub["repo"], token=token)
@@ -205,7 +207,7 @@ def test_published_federation_model_reloads_and_predicts_identically(network, co
     x = _test_batch()
     with torch.no_grad():
         assert torch.equal(again(x), combined.model(x))
-    assert again.label_names == LABELS and again.manifest_hash == network["manifest"].content_hash()
+    assert again.label_names == LABELS and again.manifest_hash == combined.manifest_hash
     card = ModelCard.load(pub["repo"], token=network["token"])
     listed = card.data.to_dict()["federated_factory"]["experts"]
     assert listed == [f"{e['repo']}@{e['revision']}" for e in combined.experts]

@@ -48,6 +48,16 @@ class ExpertError(FederatedFactoryError, ValueError):
     """An expert cannot be trained or combined as asked; the message names the repo at fault."""
 
 
+def manifest_identity(manifest: Manifest) -> str:
+    """The hash an expert records of the (resolved, pinned) manifest it was trained against: the manifest's
+    content hash with each factory as repo@sha only (a content digest, where the manifest records one, is
+    implied by the sha), so a manifest and its resolved copy have the same identity."""
+    from ..hub.manifest import FactoryEntry
+
+    plain = [FactoryEntry(f.repo, f.revision) for f in manifest.factories]
+    return Manifest(**{**manifest.__dict__, "factories": plain}).content_hash()
+
+
 @dataclass
 class Hospital:
     """One member of the network: its own real images, its factory in the manifest (if it published one),
@@ -90,7 +100,7 @@ class ExpertResult:
             "output_dir": str(self.output_dir),
             "expert_dir": str(self.expert_dir),
             "manifest": self.manifest.to_dict(),
-            "manifest_hash": self.manifest.content_hash(),
+            "manifest_hash": manifest_identity(self.manifest),
             "own_classes": self.own_classes,
             "synthetic_classes": self.synthetic_classes,
             "plan": self.plan,
@@ -210,20 +220,23 @@ def expert_training_set(data, plan, cache, *, max_real_per_class: int | None = N
             idx = np.sort(rng.choice(idx, size=cap, replace=False))
         rows.append(idx)
     rows = np.sort(np.concatenate(rows))
+    synthetic = assemble_dataset(plan, cache) if plan.shards else None
+    features = synthetic.features if synthetic is not None else _features(label_space)
     real = data.select(rows).select_columns(["image", "label"])
     fingerprint = data_fingerprint(real, image_channels_of(real))
     new_labels = [label_space.index(names[k]) for k in real["label"]]
     real = real.remove_columns("label").add_column("label", new_labels)
     n = len(real)
-    real = (real.add_column("source_repo", [OWN_DATA_SOURCE] * n)
-                .add_column("source_revision", [fingerprint] * n)
-                .add_column("seed", [-1] * n)
-                .add_column("index", [int(i) for i in rows]))
-    real = real.cast(_features(label_space))
-    parts = [real]
-    if plan.shards:
-        parts.append(assemble_dataset(plan, cache).cast(_features(label_space)))
-    return concatenate_datasets(parts)
+    own = {"source_repo": [OWN_DATA_SOURCE] * n, "source_revision": [fingerprint] * n, "seed": [-1] * n,
+           "index": [int(i) for i in rows]}
+    for name, feature in features.items():  # any other provenance column (e.g. a content digest): the fingerprint
+        if name not in own and name not in ("image", "label"):
+            own[name] = [fingerprint] * n if getattr(feature, "dtype", "") == "string" else [-1] * n
+    for name in features:
+        if name in own:
+            real = real.add_column(name, own[name])
+    real = real.select_columns(list(features)).cast(features)
+    return concatenate_datasets([real] + ([synthetic] if synthetic is not None else []))
 
 
 def stratified_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -375,12 +388,13 @@ def _own_fingerprint(dataset) -> str | None:
 def _write_provenance(path: Path, dataset, train_idx, val_idx) -> None:
     split = np.empty(len(dataset), dtype=object)
     split[train_idx], split[val_idx] = "train", "validation"
-    columns = dataset.select_columns(["label", "source_repo", "source_revision", "seed", "index"]).to_dict()
+    columns = dataset.select_columns([c for c in dataset.column_names if c != "image"]).to_dict()
     atomic_write_json(path, {**columns, "split": split.tolist()}, indent=None)
 
 
 def read_provenance(output_dir: str | Path) -> dict[str, list]:
-    """The provenance columns (label, source_repo, source_revision, seed, index, split) of every row an expert
+    """The provenance columns (label, source_repo, source_revision, seed, index, any other provenance column of
+    the synthetic rows, split) of every row an expert
     trained or validated on, as written by `train_expert` to ``<output_dir>/training_provenance.json``."""
     return json.loads((Path(output_dir) / "training_provenance.json").read_text())
 
@@ -392,7 +406,7 @@ def expert_config(expert: ExpertResult, config, *, factory: str | None, repo: st
         "format": EXPERT_FORMAT,
         "version": 1,
         "repo": repo,
-        "manifest_hash": expert.manifest.content_hash(),
+        "manifest_hash": manifest_identity(expert.manifest),
         "federation": expert.manifest.federation,
         "label_space": list(expert.manifest.label_space),
         "manifest_factories": [str(f) for f in expert.manifest.factories],

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ..atomic import atomic_write_json, atomic_write_text
 from ..hub.manifest import SHA_RE, Manifest
-from .expert import EXPERT_FILE, EXPERT_FORMAT, ExpertError
+from .expert import EXPERT_FILE, EXPERT_FORMAT, ExpertError, manifest_identity
 
 FEDERATION_FILE = "federation.json"
 FEDERATION_FORMAT = "federated_factory.product_of_experts"
@@ -245,10 +245,10 @@ class CombineResult:
 
 
 def resolved_manifest_hash(manifest: Manifest, *, token: str | None = None) -> str:
-    """The content hash of ``manifest`` with every factory pinned (branch names resolved on the Hub; nothing is
-    downloaded). An expert records the hash of the resolved manifest it was trained against."""
+    """`manifest_identity` of ``manifest`` with every factory pinned (branch names resolved on the Hub; nothing is
+    downloaded): the hash an expert records of the manifest it was trained against."""
     if all(SHA_RE.match(f.revision) for f in manifest.factories):
-        return manifest.content_hash()
+        return manifest_identity(manifest)
     from huggingface_hub import HfApi
 
     from ..hub.manifest import FactoryEntry
@@ -266,7 +266,7 @@ def resolved_manifest_hash(manifest: Manifest, *, token: str | None = None) -> s
         except HfHubHTTPError:
             raise ExpertError(f"manifest factory {f}: cannot resolve its revision on the Hub (not found, or this "
                               "token may not read it)") from None
-    return Manifest(**{**manifest.__dict__, "factories": entries}).content_hash()
+    return manifest_identity(Manifest(**{**manifest.__dict__, "factories": entries}))
 
 
 def check_experts(manifest: Manifest, experts: Sequence[str], *, token: str | None = None,
