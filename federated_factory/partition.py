@@ -44,7 +44,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from federated_factory.data import label_array, load_image_dataset
+from federated_factory.data import class_counts, label_array, load_image_dataset
 from federated_factory.errors import DataError, FederatedFactoryError, PartitionError
 
 __all__ = [
@@ -95,7 +95,7 @@ class Partition:
         self._check_dataset(dataset)
         labels = label_array(dataset)
         num_classes = len(dataset.features["label"].names)
-        return np.stack([np.bincount(labels[idx], minlength=num_classes) for idx in self.indices]).astype(np.int64)
+        return np.stack([class_counts(labels[idx], num_classes) for idx in self.indices])
 
     def sizes(self) -> list[int]:
         """Rows per client."""
@@ -309,16 +309,14 @@ def summary_table(partition: Partition, dataset: datasets.Dataset) -> str:
 def plot_heatmap(partition: Partition, dataset: datasets.Dataset, path) -> Path:
     """Save a clients × classes heatmap of row counts, each cell annotated, as a PNG at ``path``.
 
-    Uses matplotlib's Agg canvas directly (no pyplot, no global backend change).
+    Drawn on its own Agg canvas (:func:`federated_factory.plots.new_figure`: no pyplot, no global state).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from federated_factory.plots import new_figure, save_figure
 
     counts = partition.counts(dataset)
     class_names = list(dataset.features["label"].names)
     n_clients, n_classes = counts.shape
-    fig = Figure(figsize=(max(4.0, 0.7 * n_classes + 2.5), max(3.0, 0.35 * n_clients + 1.8)))
-    FigureCanvasAgg(fig)
+    fig = new_figure((max(4.0, 0.7 * n_classes + 2.5), max(3.0, 0.35 * n_clients + 1.8)))
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(counts, aspect="auto", cmap="viridis", interpolation="nearest")
     fig.colorbar(image, ax=ax, label="rows")
@@ -335,11 +333,7 @@ def plot_heatmap(partition: Partition, dataset: datasets.Dataset, path) -> Path:
             for j in range(n_classes):
                 ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=fontsize,
                         color="black" if counts[i, j] > threshold else "white")
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=120)
-    return out
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- CLI
