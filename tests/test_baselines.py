@@ -145,7 +145,7 @@ def test_scaffold_learns_on_iid_clients_is_deterministic_and_differs_from_fedavg
 
 def test_scaffold_local_step_is_sgd_on_the_corrected_gradient():
     """One local step moves w by -lr·(g + c - c_i): the control-variate correction is added to the gradient."""
-    from federated_factory.baselines import _local_train
+    from federated_factory.baselines import Scaffold, local_train
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
@@ -155,9 +155,11 @@ def test_scaffold_local_step_is_sgd_on_the_corrected_gradient():
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     reference = copy.deepcopy(model)
     torch.nn.functional.cross_entropy(reference(x), y).backward()
-    _, steps = _local_train(model, x, y, config, epochs=1, batch_size=5, lr=0.1, mu=0.0,
-                            generator=torch.Generator().manual_seed(0), device=torch.device("cpu"),
-                            correction=correction)
+    strategy = Scaffold(local_lr=0.1)
+    strategy.initialize(model, num_clients=1)
+    strategy.c_server = correction  # c - c_0 = 0.5 everywhere, since c_0 = 0
+    _, steps = local_train(strategy, 0, model, x, y, config, epochs=1, batch_size=5, lr=0.1,
+                           generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
     assert steps == 1
     for (n, p), (_, r) in zip(model.named_parameters(), reference.named_parameters()):
         assert torch.allclose(p, start[n] - 0.1 * (r.grad + 0.5), atol=1e-6), n
