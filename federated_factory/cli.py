@@ -145,11 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="federated-factory", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="simulate a whole federation on this machine and write a report")
-    from .demo import add_demo_arguments
+    from .demo import demo_argument_parser
 
-    add_demo_arguments(demo)
-    demo.set_defaults(func=lambda a: __import__("federated_factory.demo", fromlist=["run_demo_cli"]).run_demo_cli(a))
+    demo = sub.add_parser("demo", help="simulate a whole federation on this machine and write a report",
+                          parents=[demo_argument_parser(add_help=False)])
+    demo.set_defaults(func=run_demo)
 
     p = sub.add_parser("train-client", help="train, audit and publish one client's factory")
     add_train_client_arguments(p)
@@ -164,37 +164,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=run_unlearn)
 
     p = sub.add_parser("report", help="re-render report.md and plots from a demo's results directory")
-    p.add_argument("results_dir")
-    p.set_defaults(func=lambda a: __import__("federated_factory.report", fromlist=["render_report"]).render_report(a.results_dir) and 0)
+    p.add_argument("results_dir", help="a `federated-factory demo` output folder (holding results.json)")
+    p.set_defaults(func=run_report)
 
     hub = sub.add_parser("hub", help="the Hub-compatible endpoint")
     hub_sub = hub.add_subparsers(dest="hub_command", required=True)
-    serve = hub_sub.add_parser("serve", help="run the endpoint in the foreground", add_help=False)
-    serve.set_defaults(func=None, passthrough="hub-serve")
+    # `hub serve` has its own parser (hub/server.py's serve_main); it receives the rest of the line.
+    serve = hub_sub.add_parser("serve", help="run the endpoint in the foreground (--help for its options)",
+                               add_help=False)
+    serve.set_defaults(func=run_hub_serve, takes_rest=True)
 
     data = sub.add_parser("data", help="data sources and partitions")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    summary = data_sub.add_parser("summary", help="client × class table of a partition", add_help=False)
-    summary.set_defaults(func=None, passthrough="data-summary")
+    from .partition import add_summary_arguments
+
+    summary = data_sub.add_parser("summary", help="client × class table of a partition")
+    add_summary_arguments(summary)
+    summary.set_defaults(func=run_data_summary)
     return parser
 
 
+def run_demo(args: argparse.Namespace) -> int:
+    """``federated-factory demo``: the flags are :class:`federated_factory.demo.DemoConfig`'s fields."""
+    from .demo import run_demo_cli
+
+    return run_demo_cli(args)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from .report import render_report
+
+    print(f"wrote {render_report(args.results_dir)}")
+    return 0
+
+
+def run_hub_serve(args: argparse.Namespace, rest: list[str]) -> int:
+    from .hub.server import serve_main
+
+    return serve_main(rest)
+
+
+def run_data_summary(args: argparse.Namespace) -> int:
+    from .partition import run_summary
+
+    return run_summary(args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # Sub-commands with their own parsers get the rest of the line untouched.
-    if argv[:2] == ["hub", "serve"]:
-        from .hub.server import serve_main
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and run the sub-command.
 
-        return serve_main(argv[2:])
-    if argv[:2] == ["data", "summary"]:
-        from .partition import summary_main
-
-        return summary_main(argv[2:])
-    args = build_parser().parse_args(argv)
+    Exit status: the command's (0 on success); 2 for a usage error (argparse) or for any
+    :class:`~federated_factory.errors.FederatedFactoryError`, reported as one ``error: ...`` line on stderr
+    without a traceback.
+    """
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "takes_rest", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
+        if getattr(args, "takes_rest", False):
+            return int(args.func(args, rest) or 0)
         return int(args.func(args) or 0)
     except FederatedFactoryError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
 

@@ -47,3 +47,7 @@ class DemoError(FederatedFactoryError, ValueError):
 
 class PlotError(FederatedFactoryError, ValueError):
     """A chart cannot be drawn from the values given (e.g. a confusion matrix of the wrong shape)."""
+
+
+class ReportError(FederatedFactoryError, ValueError):
+    """A report cannot be rendered (no ``results.json`` in the folder given)."""

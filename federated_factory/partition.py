@@ -45,7 +45,7 @@ import datasets
 import numpy as np
 
 from federated_factory.data import class_counts, label_array, load_image_dataset
-from federated_factory.errors import DataError, FederatedFactoryError, PartitionError
+from federated_factory.errors import FederatedFactoryError, PartitionError
 
 __all__ = [
     "SCHEMES",
@@ -56,6 +56,8 @@ __all__ = [
     "plot_heatmap",
     "summary_main",
     "build_summary_parser",
+    "add_summary_arguments",
+    "run_summary",
 ]
 
 SCHEMES = ("silos", "pathological", "dirichlet", "iid")
@@ -339,11 +341,8 @@ def plot_heatmap(partition: Partition, dataset: datasets.Dataset, path) -> Path:
 # --------------------------------------------------------------------------- CLI
 
 
-def build_summary_parser(prog: str = "federated-factory data summary") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Partition the train split of a dataset among clients and print the client × class counts.",
-    )
+def add_summary_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``federated-factory data summary``."""
     parser.add_argument("--dataset", required=True,
                         help="mnist-5k, an imagefolder / parquet / save_to_disk directory, or a Hub dataset id")
     parser.add_argument("--partition", required=True, choices=[*SCHEMES, *_ALIASES], help="partition scheme")
@@ -358,33 +357,49 @@ def build_summary_parser(prog: str = "federated-factory data summary") -> argpar
     parser.add_argument("--revision", default=None, help="Hub dataset revision")
     parser.add_argument("--token", default=None, help="Hub token (default: the usual HF token lookup)")
     parser.add_argument("--heatmap", default=None, metavar="PNG", help="also save a heatmap of the counts")
+
+
+def build_summary_parser(prog: str = "federated-factory data summary") -> argparse.ArgumentParser:
+    """A stand-alone parser for the ``data summary`` options (``python -m federated_factory.partition``)."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Partition the train split of a dataset among clients and print the client × class counts.",
+    )
+    add_summary_arguments(parser)
     return parser
 
 
+def run_summary(args: argparse.Namespace) -> int:
+    """Print the client × class table of the partition ``args`` describe (and save the heatmap if asked).
+    Raises :class:`~federated_factory.errors.DataError` / :class:`PartitionError` for a bad source, scheme or output path."""
+    train = load_image_dataset(args.dataset, "train", image_size=args.image_size, channels=args.channels,
+                               revision=args.revision, token=args.token)
+    partition = partition_dataset(train, args.partition, num_clients=args.num_clients, seed=args.seed,
+                                  alpha=args.alpha, classes_per_client=args.classes_per_client,
+                                  min_partition_size=args.min_partition_size)
+    print(summary_table(partition, train))
+    if args.heatmap:
+        try:
+            plot_heatmap(partition, train, args.heatmap)
+        except OSError as exc:
+            raise PartitionError(f"cannot write heatmap {args.heatmap!r}: {exc.strerror or exc}") from None
+        print(f"heatmap written to {args.heatmap}", file=sys.stderr)
+    return 0
+
+
 def summary_main(argv: list[str] | None = None) -> int:
-    """``federated-factory data summary``: print the client × class table; 0 on success, 2 on error."""
+    """``python -m federated_factory.partition``: :func:`run_summary` on ``argv``; 0 on success, 2 on error
+    (one ``error:`` line) or a usage error."""
     parser = build_summary_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2, already printed by argparse)
         return int(exc.code or 0)
     try:
-        train = load_image_dataset(args.dataset, "train", image_size=args.image_size, channels=args.channels,
-                                   revision=args.revision, token=args.token)
-        partition = partition_dataset(train, args.partition, num_clients=args.num_clients, seed=args.seed,
-                                      alpha=args.alpha, classes_per_client=args.classes_per_client,
-                                      min_partition_size=args.min_partition_size)
-        print(summary_table(partition, train))
-        if args.heatmap:
-            try:
-                plot_heatmap(partition, train, args.heatmap)
-            except OSError as exc:
-                raise PartitionError(f"cannot write heatmap {args.heatmap!r}: {exc.strerror or exc}") from None
-            print(f"heatmap written to {args.heatmap}", file=sys.stderr)
-    except (DataError, PartitionError, FederatedFactoryError) as exc:
+        return run_summary(args)
+    except FederatedFactoryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
