@@ -62,6 +62,24 @@ def add_unlearn_arguments(parser: argparse.ArgumentParser) -> None:
                         help="recreate the published repos so no old revision references the removed factory")
 
 
+def add_data_summary_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``federated-factory data summary`` (a partition's client × class table)."""
+    parser.add_argument("--dataset", required=True,
+                        help="mnist-5k, an imagefolder / parquet / save_to_disk directory, or a Hub dataset id")
+    parser.add_argument("--partition", required=True, help="partition scheme: silos | pathological | dirichlet | iid")
+    parser.add_argument("--num-clients", type=int, default=None,
+                        help="number of clients (default: number of classes; silos allows only that)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (dirichlet)")
+    parser.add_argument("--classes-per-client", type=int, default=2, help="classes per client (pathological)")
+    parser.add_argument("--min-partition-size", type=int, default=1, help="fewest rows any client may get")
+    parser.add_argument("--image-size", type=int, default=None, help="resize images to N×N (Lanczos)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 = grayscale, 3 = RGB")
+    parser.add_argument("--revision", default=None, help="Hub dataset revision")
+    parser.add_argument("--token", default=None, help="Hub token (default: the usual HF token lookup)")
+    parser.add_argument("--heatmap", default=None, metavar="PNG", help="also save a heatmap of the counts")
+
+
 def _apply_endpoint(args) -> None:
     from .hub.env import use_endpoint
 
@@ -176,10 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="data sources and partitions")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    from .partition import add_summary_arguments
-
     summary = data_sub.add_parser("summary", help="client × class table of a partition")
-    add_summary_arguments(summary)
+    add_data_summary_arguments(summary)
     summary.set_defaults(func=run_data_summary)
     return parser
 

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 import secrets
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -98,9 +100,30 @@ class DemoConfig:
 def demo_argument_parser(**kwargs: Any) -> argparse.ArgumentParser:
     """The ``demo`` flags, generated from :class:`DemoConfig` by transformers' ``HfArgumentParser``
     (``--num-clients`` and ``--num_clients`` both work; ``--no-progress`` turns a default-on switch off)."""
-    from transformers import HfArgumentParser
+    return _hf_argument_parser_class()(DemoConfig, **kwargs)
 
-    return HfArgumentParser(DemoConfig, **kwargs)
+
+def _hf_argument_parser_class() -> type:
+    """transformers' ``HfArgumentParser``, without importing the ``transformers`` package when it is not
+    imported yet. Importing transformers imports huggingface_hub, which reads ``HF_ENDPOINT`` once per
+    process; the command line is parsed before the demo (or ``--endpoint``) has chosen the endpoint, so the
+    class is loaded from its own file, ``transformers/hf_argparser.py``, which needs only the standard
+    library and PyYAML."""
+    if "transformers" in sys.modules:
+        from transformers import HfArgumentParser
+
+        return HfArgumentParser
+    name = "federated_factory._hf_argparser"
+    if name not in sys.modules:
+        package = importlib.util.find_spec("transformers")
+        if package is None or not package.submodule_search_locations:
+            raise DemoError("the demo's command line needs transformers (pip install transformers)")
+        path = Path(list(package.submodule_search_locations)[0]) / "hf_argparser.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name].HfArgumentParser
 
 
 def config_from_args(args: argparse.Namespace) -> DemoConfig:

@@ -56,7 +56,6 @@ __all__ = [
     "plot_heatmap",
     "summary_main",
     "build_summary_parser",
-    "add_summary_arguments",
     "run_summary",
 ]
 
@@ -341,31 +340,15 @@ def plot_heatmap(partition: Partition, dataset: datasets.Dataset, path) -> Path:
 # --------------------------------------------------------------------------- CLI
 
 
-def add_summary_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``federated-factory data summary``."""
-    parser.add_argument("--dataset", required=True,
-                        help="mnist-5k, an imagefolder / parquet / save_to_disk directory, or a Hub dataset id")
-    parser.add_argument("--partition", required=True, choices=[*SCHEMES, *_ALIASES], help="partition scheme")
-    parser.add_argument("--num-clients", type=int, default=None,
-                        help="number of clients (default: number of classes; silos allows only that)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (dirichlet)")
-    parser.add_argument("--classes-per-client", type=int, default=2, help="classes per client (pathological)")
-    parser.add_argument("--min-partition-size", type=int, default=1, help="fewest rows any client may get")
-    parser.add_argument("--image-size", type=int, default=None, help="resize images to N×N (Lanczos)")
-    parser.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 = grayscale, 3 = RGB")
-    parser.add_argument("--revision", default=None, help="Hub dataset revision")
-    parser.add_argument("--token", default=None, help="Hub token (default: the usual HF token lookup)")
-    parser.add_argument("--heatmap", default=None, metavar="PNG", help="also save a heatmap of the counts")
-
-
 def build_summary_parser(prog: str = "federated-factory data summary") -> argparse.ArgumentParser:
     """A stand-alone parser for the ``data summary`` options (``python -m federated_factory.partition``)."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Partition the train split of a dataset among clients and print the client × class counts.",
     )
-    add_summary_arguments(parser)
+    from federated_factory.cli import add_data_summary_arguments
+
+    add_data_summary_arguments(parser)
     return parser
 
 

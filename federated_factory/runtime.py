@@ -88,9 +88,9 @@ def library_progress_bars(enabled: bool) -> Iterator[None]:
     the duration, restoring each library's previous switch on exit."""
     import datasets
     import diffusers
-    import huggingface_hub
+    from huggingface_hub import utils as hub_utils
 
-    hub_was = not huggingface_hub.utils.are_progress_bars_disabled()
+    hub_was = not hub_utils.are_progress_bars_disabled()
     datasets_was = datasets.is_progress_bar_enabled()
     diffusers_logging = diffusers.utils.logging
     diffusers_was = diffusers_logging.is_progress_bar_enabled()
@@ -104,9 +104,9 @@ def library_progress_bars(enabled: bool) -> Iterator[None]:
 def _set_bars(hub: bool, data: bool, diffusion: bool) -> None:
     import datasets
     import diffusers
-    import huggingface_hub
+    from huggingface_hub import utils as hub_utils
 
-    (huggingface_hub.utils.enable_progress_bars if hub else huggingface_hub.utils.disable_progress_bars)()
+    (hub_utils.enable_progress_bars if hub else hub_utils.disable_progress_bars)()
     (datasets.enable_progress_bars if data else datasets.disable_progress_bars)()
     logging = diffusers.utils.logging
     (logging.enable_progress_bar if diffusion else logging.disable_progress_bar)()

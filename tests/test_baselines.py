@@ -177,3 +177,28 @@ def test_scaffold_rejects_a_bad_learning_rate(data):
     _, test, silos, _ = data
     with pytest.raises(ValueError, match="local_lr"):
         run_scaffold(silos, test, CONFIG, rounds=1, local_epochs=1, local_lr=0.0, **LOCAL)
+
+
+def test_fedprox_local_loss_adds_the_proximal_term_to_the_round_start():
+    from federated_factory.baselines import FedAvg, FedProx
+
+    model = torch.nn.Linear(3, 2)
+    strategy = FedProx(local_lr=0.1, mu=0.5)
+    strategy.begin_local(0, model)
+    task = torch.tensor(1.25)
+    assert strategy.local_loss(model, task).item() == pytest.approx(1.25)  # at the anchor the term is 0
+    with torch.no_grad():
+        model.weight.add_(1.0)  # moves 6 weights by 1: ||w - w0||² = 6
+    assert strategy.local_loss(model, task).item() == pytest.approx(1.25 + 0.5 * 0.5 * 6)
+    assert FedAvg(0.1).local_loss(model, task) is task
+
+
+def test_baseline_errors_are_project_errors():
+    from federated_factory.baselines import FedProx
+    from federated_factory.errors import BaselineError, FederatedFactoryError
+
+    for bad in (lambda: FedProx(0.1, mu=0.0), lambda: run_fedavg([], None, CONFIG, rounds=1, local_epochs=1),
+                lambda: run_fedavg([], None, CONFIG, rounds=0, local_epochs=1)):
+        with pytest.raises(BaselineError) as info:
+            bad()
+        assert isinstance(info.value, FederatedFactoryError) and isinstance(info.value, ValueError)
