@@ -575,7 +575,7 @@ def _train_client(job: dict) -> ClientSummary:
 
 def _train_clients(jobs: list[dict], workers: int, progress: bool) -> list[ClientSummary]:
     """Run the hospitals' jobs, in this process or in ``workers`` spawned processes (one thread each: on a
-    small CPU, single-thread trainings side by side outrun one multi-thread training; benchmarks/README.md)."""
+    small CPU, single-thread trainings side by side outrun one multi-thread training: benchmarks/README.md)."""
     from tqdm.auto import tqdm
 
     if workers <= 1:

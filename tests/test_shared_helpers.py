@@ -59,7 +59,10 @@ def test_context_managers_restore_global_state():
         assert torch.tensor([1e-40]).mul(1.0).item() in (0.0, 1e-40)  # flushed where the CPU supports it
     assert torch.tensor([1e-40]).mul(1.0).item() != 0.0
 
-    was_disabled = hub_utils.are_progress_bars_disabled()
-    with library_progress_bars(was_disabled):  # the opposite of the current switch
-        assert hub_utils.are_progress_bars_disabled() is not was_disabled
-    assert hub_utils.are_progress_bars_disabled() is was_disabled
+    import datasets
+
+    datasets.enable_progress_bars()
+    hub_before = hub_utils.are_progress_bars_disabled()  # HF_HUB_DISABLE_PROGRESS_BARS may pin this one
+    with library_progress_bars(False):
+        assert not datasets.is_progress_bar_enabled() and hub_utils.are_progress_bars_disabled()
+    assert datasets.is_progress_bar_enabled() and hub_utils.are_progress_bars_disabled() is hub_before
