@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from federated_factory.demo import add_demo_arguments, config_from_args, print_summary, run_demo  # noqa: E402
+from federated_factory.demo import config_from_args, demo_argument_parser, print_summary, run_demo  # noqa: E402
 
 ARTEFACTS = ["results.json", "report.md", "methods.png", "partition_heatmap.png", "unlearning_recall.png",
              "real_vs_synthetic.png", "aggregate/confusion_matrix.png", "aggregate/synthetic_samples.png",
@@ -33,8 +33,7 @@ def main() -> int:
     parser.add_argument("demo_args", nargs=argparse.REMAINDER, help="options of `federated-factory demo` (after --)")
     args = parser.parse_args()
     demo_argv = [a for a in args.demo_args if a != "--"]
-    demo_parser = argparse.ArgumentParser()
-    add_demo_arguments(demo_parser)
+    demo_parser = demo_argument_parser(prog="federated-factory demo")
     work_dir = args.work_dir or f"runs/{args.name}"
     demo_args = demo_parser.parse_args(demo_argv + ["--output-dir", work_dir])
     t0 = time.time()
@@ -50,7 +49,7 @@ def main() -> int:
             shutil.copy(src, target / name)
     command = "python benchmarks/federation.py --name " + args.name + " -- " + " ".join(demo_argv)
     (target / "COMMAND.md").write_text(
-        f"# {args.name}\n\nProduced by:\n\n```\n{command}\n```\n\nMachine: {json.dumps(results['machine'])}\n\n"
+        f"# {args.name}\n\nProduced by:\n\n```\n{command}\n```\n\nMachine: {json.dumps(results.machine)}\n\n"
         f"Wall time: {(time.time() - t0) / 60:.1f} min.\n"
     )
     print(f"results copied to {target}")

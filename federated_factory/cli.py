@@ -65,6 +65,24 @@ def add_unlearn_arguments(parser: argparse.ArgumentParser) -> None:
                              "certificate and the card); without it a mismatch stops before publishing, exit code 2")
 
 
+def add_data_summary_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``federated-factory data summary`` (a partition's client × class table)."""
+    parser.add_argument("--dataset", required=True,
+                        help="mnist-5k, an imagefolder / parquet / save_to_disk directory, or a Hub dataset id")
+    parser.add_argument("--partition", required=True, help="partition scheme: silos | pathological | dirichlet | iid")
+    parser.add_argument("--num-clients", type=int, default=None,
+                        help="number of clients (default: number of classes; silos allows only that)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (dirichlet)")
+    parser.add_argument("--classes-per-client", type=int, default=2, help="classes per client (pathological)")
+    parser.add_argument("--min-partition-size", type=int, default=1, help="fewest rows any client may get")
+    parser.add_argument("--image-size", type=int, default=None, help="resize images to N×N (Lanczos)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 = grayscale, 3 = RGB")
+    parser.add_argument("--revision", default=None, help="Hub dataset revision")
+    parser.add_argument("--token", default=None, help="Hub token (default: the usual HF token lookup)")
+    parser.add_argument("--heatmap", default=None, metavar="PNG", help="also save a heatmap of the counts")
+
+
 def _apply_endpoint(args) -> None:
     from .hub.env import use_endpoint
 
@@ -149,11 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="federated-factory", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="simulate a whole federation on this machine and write a report")
-    from .demo import add_demo_arguments
+    from .demo import demo_argument_parser
 
-    add_demo_arguments(demo)
-    demo.set_defaults(func=lambda a: __import__("federated_factory.demo", fromlist=["run_demo_cli"]).run_demo_cli(a))
+    demo = sub.add_parser("demo", help="simulate a whole federation on this machine and write a report",
+                          parents=[demo_argument_parser(add_help=False)])
+    demo.set_defaults(func=run_demo)
 
     p = sub.add_parser("train-client", help="train, audit and publish one client's factory")
     add_train_client_arguments(p)
@@ -168,13 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=run_unlearn)
 
     p = sub.add_parser("report", help="re-render report.md and plots from a demo's results directory")
-    p.add_argument("results_dir")
-    p.set_defaults(func=lambda a: __import__("federated_factory.report", fromlist=["render_report"]).render_report(a.results_dir) and 0)
+    p.add_argument("results_dir", help="a `federated-factory demo` output folder (holding results.json)")
+    p.set_defaults(func=run_report)
 
     hub = sub.add_parser("hub", help="the Hub-compatible endpoint")
     hub_sub = hub.add_subparsers(dest="hub_command", required=True)
-    serve = hub_sub.add_parser("serve", help="run the endpoint in the foreground", add_help=False)
-    serve.set_defaults(func=None, passthrough="hub-serve")
+    # `hub serve` has its own parser (hub/server.py's serve_main); it receives the rest of the line.
+    serve = hub_sub.add_parser("serve", help="run the endpoint in the foreground (--help for its options)",
+                               add_help=False)
+    serve.set_defaults(func=run_hub_serve, takes_rest=True)
     gc = hub_sub.add_parser(
         "gc", help="delete unreferenced blobs, commits and expired LFS uploads of a stopped endpoint's data directory"
     )
@@ -184,8 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="data sources and partitions")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    summary = data_sub.add_parser("summary", help="client × class table of a partition", add_help=False)
-    summary.set_defaults(func=None, passthrough="data-summary")
+    summary = data_sub.add_parser("summary", help="client × class table of a partition")
+    add_data_summary_arguments(summary)
+    summary.set_defaults(func=run_data_summary)
     return parser
 
 
@@ -196,22 +217,49 @@ def _hub_gc(args: argparse.Namespace) -> int:
     return gc_main(["--data-dir", args.data_dir, *grace])
 
 
+def run_demo(args: argparse.Namespace) -> int:
+    """``federated-factory demo``: the flags are :class:`federated_factory.demo.DemoConfig`'s fields."""
+    from .demo import run_demo_cli
+
+    return run_demo_cli(args)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from .report import render_report
+
+    print(f"wrote {render_report(args.results_dir)}")
+    return 0
+
+
+def run_hub_serve(args: argparse.Namespace, rest: list[str]) -> int:
+    from .hub.server import serve_main
+
+    return serve_main(rest)
+
+
+def run_data_summary(args: argparse.Namespace) -> int:
+    from .partition import run_summary
+
+    return run_summary(args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # Sub-commands with their own parsers get the rest of the line untouched.
-    if argv[:2] == ["hub", "serve"]:
-        from .hub.server import serve_main
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and run the sub-command.
 
-        return serve_main(argv[2:])
-    if argv[:2] == ["data", "summary"]:
-        from .partition import summary_main
-
-        return summary_main(argv[2:])
-    args = build_parser().parse_args(argv)
+    Exit status: the command's (0 on success); 2 for a usage error (argparse) or for any
+    :class:`~federated_factory.errors.FederatedFactoryError`, reported as one ``error: ...`` line on stderr
+    without a traceback.
+    """
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "takes_rest", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
+        if getattr(args, "takes_rest", False):
+            return int(args.func(args, rest) or 0)
         return int(args.func(args) or 0)
     except FederatedFactoryError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
 

@@ -69,8 +69,12 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "load_image_dataset",
     "load_image_splits",
+    "class_counts",
+    "channels_of_image",
     "describe",
+    "image_channels_of",
     "label_array",
+    "label_names_of",
 ]
 
 MNIST_5K = "mnist-5k"
@@ -91,6 +95,9 @@ _SPLIT_DIR_ALIASES = {
 _SPLIT_ORDER = {"train": 0, "validation": 1, "test": 2}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9._-]+$")
 _RESAMPLE = PILImage.Resampling.LANCZOS
+# PIL modes with one band of intensities; a dataset of them becomes 1-channel tensors, anything else 3 (RGB).
+# "P" (palette) has one band of indices, not intensities, so it counts as colour.
+GRAYSCALE_MODES = frozenset({"1", "L", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 
 
 # --------------------------------------------------------------------------- public API
@@ -152,22 +159,50 @@ def label_array(dataset: datasets.Dataset) -> np.ndarray:
     return np.asarray(column.to_numpy(), dtype=np.int64)
 
 
+def channels_of_image(image: PILImage.Image) -> int:
+    """The tensor channels an image becomes: 1 for a grayscale mode (:data:`GRAYSCALE_MODES`: ``L``, ``1``,
+    ``I``, ``I;16``, ``F``), 3 for everything else (converted to ``RGB``, alpha dropped). The one place
+    the project maps a PIL mode to a channel count."""
+    return 1 if image.mode in GRAYSCALE_MODES else 3
+
+
+def image_channels_of(dataset: datasets.Dataset) -> int:
+    """:func:`channels_of_image` of the dataset's first image (the loaders make every image share its mode)."""
+    if len(dataset) == 0:
+        raise DataError("cannot tell the image channels of an empty dataset")
+    return channels_of_image(dataset[0]["image"])
+
+
+def label_names_of(dataset: datasets.Dataset) -> list[str]:
+    """Class names of a dataset whose ``label`` column is a ``datasets.ClassLabel``."""
+    names = getattr(dataset.features.get("label"), "names", None)
+    if not names:
+        raise DataError("dataset column 'label' must be a datasets.ClassLabel with names")
+    return list(names)
+
+
+def class_counts(labels, num_classes: int) -> np.ndarray:
+    """Examples per class (int64, length ``num_classes``) of an integer label array; the one per-class count
+    of the project (a dataset's counts: ``class_counts(label_array(ds), len(label_names_of(ds)))``)."""
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.int64)
+
+
 def describe(dataset: datasets.Dataset | datasets.DatasetDict) -> dict:
     """Summary of a loaded dataset (or ``{split: summary}`` for a ``DatasetDict``).
 
     Keys: ``num_rows``, ``class_names``, ``counts`` (class name → rows), ``image_size``
     (width, height) and ``mode`` of the first image (``None`` for an empty dataset; the
-    loaders guarantee every image shares them), and ``channels`` (1 for ``L``, 3 for
-    ``RGB``, otherwise the number of bands).
+    loaders guarantee every image shares them), and ``channels``: the tensor channels those
+    images become (:func:`channels_of_image`: 1 for grayscale modes, 3 otherwise).
     """
     if isinstance(dataset, datasets.DatasetDict):
         return {split: describe(ds) for split, ds in dataset.items()}
     names = _class_label(dataset.features, "label", "the dataset").names
-    counts = np.bincount(label_array(dataset), minlength=len(names)) if len(dataset) else np.zeros(len(names), int)
+    counts = class_counts(label_array(dataset), len(names))
     size = mode = channels = None
     if len(dataset):
         first = dataset[0]["image"]
-        size, mode, channels = tuple(first.size), first.mode, len(first.getbands())
+        size, mode, channels = tuple(first.size), first.mode, channels_of_image(first)
     return {
         "num_rows": len(dataset),
         "class_names": list(names),

@@ -1,145 +1,465 @@
 """`federated-factory demo`: a whole federation simulated on one machine, against FedAvg, FedProx and centralized.
 
-Stages (each timed, all numbers land in `results.json`):
+One function per stage, each returning a typed result (all numbers land in `results.json`):
 
-1. start the project's Hub endpoint on loopback; every hospital gets its own user, token and private
-   repo (an organization it shares with the aggregator's account, which may read it);
-2. partition the real training split (silos by default: one class per hospital);
-3. each hospital trains, audits and publishes its factory (one commit per hospital);
-4. the manifest pins every factory to its commit; the aggregator pulls, synthesizes, trains, evaluates
-   and publishes the classifier and the synthetic dataset (through `accelerate`);
-5. FedAvg, FedProx and a centralized model train on the same partitions with the same classifier;
-6. one hospital is unlearned (manifest minus its repo, rebuilt from the cache, verified from scratch);
-7. `report.md` with plots.
+1. :func:`prepare_data`: load the dataset and partition its training split (silos by default: one class
+   per hospital) → :class:`DataStage`;
+2. :func:`register_identities`: on the project's Hub endpoint (started on loopback by :func:`run_demo`),
+   every hospital gets its own user, token and organization, shared with the aggregator's account, which
+   may read it → :class:`Federation`;
+3. :func:`train_factories`: each hospital trains, audits and publishes its factory (one commit per
+   hospital) → :class:`FactoriesStage`;
+4. :func:`aggregate_factories`: the manifest pins every factory to its commit; the aggregator pulls,
+   synthesizes, trains, evaluates and publishes the classifier and the synthetic dataset (through
+   `accelerate`) → :class:`AggregationStage`;
+5. :func:`run_baselines`: FedAvg, FedProx (and SCAFFOLD) and a centralized model train on the same
+   partitions with the same classifier → :class:`BaselinesStage`;
+6. :func:`unlearn_hospital`: one hospital is unlearned (manifest minus its repo, rebuilt from the cache,
+   verified from scratch) → its certificate;
+7. :func:`federated_factory.report.render_report`: `report.md` with plots, from :class:`DemoResults`.
+
+The options are one dataclass, :class:`DemoConfig`; transformers' ``HfArgumentParser`` turns its fields
+into the command's flags (``--samples-per-class``, ``--no-progress``, ...).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import os
 import secrets
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
 from .atomic import atomic_write_json
+from .errors import DemoError
 
 
 @dataclass
 class DemoConfig:
-    dataset: str = "mnist-5k"
-    partition: str = "silos"
-    num_clients: int | None = None
-    alpha: float = 0.5
-    classes_per_client: int = 2
-    partition_seed: int = 0
-    image_size: int | None = 16
-    channels: int | None = 1
-    preset: str = "demo"
-    train_steps: int | None = None
-    flip: str = "none"
-    samples_per_class: int = 500
-    sampler: str = "dpm++"
-    num_inference_steps: int = 20
-    synthesis_precision: str = "fp32"  # "bf16": UNet under bf16 autocast while sampling (~2x faster on CPU)
-    classifier: str | None = None
-    classifier_epochs: int = 15
-    hflip: bool = False
-    vflip: bool = False
-    fl_rounds: int = 10
-    fl_local_epochs: int = 1
-    fedprox_mu: float = 0.01
-    scaffold: bool = False  # also run SCAFFOLD (local SGD at scaffold_lr with control variates)
-    scaffold_lr: float = 0.05
-    unlearn: str | None = "last"  # a client index, "last", or None to skip
-    verify_unlearning: bool = True
-    audit_samples_per_class: int = 32
-    workers: int = 2  # hospitals trained in parallel processes (1 thread each when > 1)
-    output_dir: str = "demo_output"
-    seed: int = 0
-    progress: bool = True
+    """Every option of the demo; each field is also a ``--flag`` of ``federated-factory demo``."""
+
+    dataset: str = field(default="mnist-5k", metadata={"help": "mnist-5k (embedded), or any source the data layer reads"})
+    partition: str = field(default="silos", metadata={"help": "silos | pathological | dirichlet | iid"})
+    num_clients: int | None = field(default=None, metadata={"help": "number of hospitals (default: the scheme's)"})
+    alpha: float = field(default=0.5, metadata={"help": "Dirichlet concentration"})
+    classes_per_client: int = field(default=2, metadata={"help": "classes per hospital (pathological)"})
+    partition_seed: int = field(default=0, metadata={"help": "seed of the partition"})
+    image_size: int | None = field(default=16, metadata={"help": "resize to N×N; 0 keeps the native size"})
+    channels: int | None = field(default=1, metadata={"help": "1 or 3; 0 keeps the native mode"})
+    preset: str = field(default="demo", metadata={"help": "factory preset: tiny | demo | cpu | gpu"})
+    train_steps: int | None = field(default=None, metadata={"help": "override the preset's factory steps"})
+    flip: Literal["none", "h", "hv"] = field(default="none", metadata={"help": "factory flip augmentation"})
+    samples_per_class: int = field(default=500, metadata={"help": "synthetic images per class"})
+    sampler: str = field(default="dpm++", metadata={"help": "diffusion sampler of the synthesis"})
+    num_inference_steps: int = field(default=20, metadata={"help": "sampler steps per image"})
+    synthesis_precision: Literal["fp32", "bf16"] = field(
+        default="fp32", metadata={"help": "bf16: sample with the UNet under bf16 autocast"})
+    classifier: str | None = field(
+        default=None, metadata={"help": "classifier arch, e.g. timm/ff_cnn (default: the package default)"})
+    classifier_epochs: int = field(default=15, metadata={"help": "epochs of the aggregator's and centralized classifier"})
+    hflip: bool = field(default=False, metadata={"help": "horizontal flips for the classifier (not for digits)"})
+    vflip: bool = field(default=False, metadata={"help": "vertical flips for the classifier"})
+    fl_rounds: int = field(default=10, metadata={"help": "rounds of FedAvg / FedProx / SCAFFOLD"})
+    fl_local_epochs: int = field(default=1, metadata={"help": "local epochs per round"})
+    fedprox_mu: float = field(default=0.01, metadata={"help": "FedProx's proximal weight"})
+    scaffold: bool = field(default=False, metadata={"help": "also run SCAFFOLD (same rounds and local epochs)"})
+    scaffold_lr: float = field(default=0.05, metadata={"help": "SCAFFOLD's local SGD learning rate"})
+    unlearn: str | None = field(default="last", metadata={"help": "hospital index or 'last' to unlearn; 'none' to skip"})
+    verify_unlearning: bool = field(default=True, metadata={"help": "rebuild the reduced manifest from scratch"})
+    audit_samples_per_class: int = field(default=32, metadata={"help": "privacy-audit samples per class"})
+    workers: int = field(
+        default=2, metadata={"help": "hospitals trained in parallel processes, one thread each (1: in this process)"})
+    output_dir: str = field(default="demo_output", metadata={"help": "where every output goes (emptied first)"})
+    seed: int = field(default=0, metadata={"help": "seed of training, synthesis and baselines"})
+    progress: bool = field(default=True, metadata={"help": "progress bars"})
+
+    def __post_init__(self) -> None:
+        # The command line spells "keep native" and "skip" as 0 and "none".
+        self.image_size = self.image_size or None
+        self.channels = self.channels or None
+        if self.unlearn is not None and str(self.unlearn).lower() == "none":
+            self.unlearn = None
+        if self.unlearn not in (None, "last") and not str(self.unlearn).isdigit():
+            raise DemoError(f"DemoConfig.unlearn must be a hospital index, 'last' or 'none', got {self.unlearn!r}")
+        if self.workers < 1:
+            raise DemoError(f"DemoConfig.workers must be >= 1, got {self.workers}")
 
     def to_dict(self) -> dict:
+        """Every field (what ``results.json`` records under ``config``)."""
         return asdict(self)
 
 
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    d = DemoConfig()
-    parser.add_argument("--dataset", default=d.dataset, help="mnist-5k (embedded), or any source the data layer reads")
-    parser.add_argument("--partition", default=d.partition, help="silos | pathological | dirichlet | iid")
-    parser.add_argument("--num-clients", type=int, default=None)
-    parser.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet concentration")
-    parser.add_argument("--classes-per-client", type=int, default=d.classes_per_client)
-    parser.add_argument("--image-size", type=int, default=d.image_size, help="0 keeps the native size")
-    parser.add_argument("--channels", type=int, default=d.channels, help="1 or 3; 0 keeps the native mode")
-    parser.add_argument("--preset", default=d.preset, help="factory preset: tiny | demo | cpu | gpu")
-    parser.add_argument("--train-steps", type=int, default=None, help="override the preset's factory steps")
-    parser.add_argument("--flip", default=d.flip, choices=("none", "h", "hv"), help="factory flip augmentation")
-    parser.add_argument("--samples-per-class", type=int, default=d.samples_per_class)
-    parser.add_argument("--sampler", default=d.sampler)
-    parser.add_argument("--num-inference-steps", type=int, default=d.num_inference_steps)
-    parser.add_argument("--synthesis-precision", default=d.synthesis_precision, choices=("fp32", "bf16"),
-                        help="bf16: sample with the UNet under bf16 autocast (about 2x faster on CPUs with bf16)")
-    parser.add_argument("--classifier", default=None, help="classifier arch, e.g. timm/ff_cnn (default: the package default)")
-    parser.add_argument("--classifier-epochs", type=int, default=d.classifier_epochs)
-    parser.add_argument("--hflip", action="store_true", help="horizontal flips for the classifier (not for digits)")
-    parser.add_argument("--vflip", action="store_true")
-    parser.add_argument("--fl-rounds", type=int, default=d.fl_rounds)
-    parser.add_argument("--fl-local-epochs", type=int, default=d.fl_local_epochs)
-    parser.add_argument("--fedprox-mu", type=float, default=d.fedprox_mu)
-    parser.add_argument("--scaffold", action="store_true", help="also run SCAFFOLD (same rounds and local epochs)")
-    parser.add_argument("--scaffold-lr", type=float, default=d.scaffold_lr, help="SCAFFOLD's local SGD learning rate")
-    parser.add_argument("--unlearn", default=d.unlearn, help="client index or 'last' to unlearn; 'none' to skip")
-    parser.add_argument("--no-verify-unlearning", action="store_true", help="skip the from-scratch rebuild check")
-    parser.add_argument("--workers", type=int, default=d.workers,
-                        help="hospitals trained in parallel processes, one thread each (1: in this process)")
-    parser.add_argument("--output-dir", default=d.output_dir)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--no-progress", action="store_true")
+def demo_argument_parser(**kwargs: Any) -> argparse.ArgumentParser:
+    """The ``demo`` flags, generated from :class:`DemoConfig` by transformers' ``HfArgumentParser``
+    (``--num-clients`` and ``--num_clients`` both work; ``--no-progress`` turns a default-on switch off)."""
+    return _hf_argument_parser_class()(DemoConfig, **kwargs)
 
 
-def config_from_args(args) -> DemoConfig:
-    return DemoConfig(
-        dataset=args.dataset, partition=args.partition, num_clients=args.num_clients, alpha=args.alpha,
-        classes_per_client=args.classes_per_client, image_size=args.image_size or None,
-        channels=args.channels or None, preset=args.preset, train_steps=args.train_steps, flip=args.flip,
-        samples_per_class=args.samples_per_class, sampler=args.sampler,
-        num_inference_steps=args.num_inference_steps, synthesis_precision=args.synthesis_precision,
-        classifier=args.classifier,
-        classifier_epochs=args.classifier_epochs, hflip=args.hflip, vflip=args.vflip, fl_rounds=args.fl_rounds,
-        fl_local_epochs=args.fl_local_epochs, fedprox_mu=args.fedprox_mu,
-        scaffold=args.scaffold, scaffold_lr=args.scaffold_lr,
-        unlearn=None if str(args.unlearn).lower() == "none" else args.unlearn,
-        verify_unlearning=not args.no_verify_unlearning, output_dir=args.output_dir, seed=args.seed, workers=args.workers,
-        progress=not args.no_progress,
-    )
+def _hf_argument_parser_class() -> type:
+    """transformers' ``HfArgumentParser``, without importing the ``transformers`` package when it is not
+    imported yet. Importing transformers imports huggingface_hub, which reads ``HF_ENDPOINT`` once per
+    process; the command line is parsed before the demo (or ``--endpoint``) has chosen the endpoint, so the
+    class is loaded from its own file, ``transformers/hf_argparser.py``, which needs only the standard
+    library and PyYAML."""
+    if "transformers" in sys.modules:
+        from transformers import HfArgumentParser
+
+        return HfArgumentParser
+    name = "federated_factory._hf_argparser"
+    if name not in sys.modules:
+        package = importlib.util.find_spec("transformers")
+        if package is None or not package.submodule_search_locations:
+            raise DemoError("the demo's command line needs transformers (pip install transformers)")
+        path = Path(list(package.submodule_search_locations)[0]) / "hf_argparser.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name].HfArgumentParser
 
 
-def run_demo_cli(args) -> int:
-    results = run_demo(config_from_args(args))
-    print_summary(results)
+def config_from_args(args: argparse.Namespace) -> DemoConfig:
+    """The :class:`DemoConfig` of parsed ``demo`` flags (other attributes of ``args`` are ignored)."""
+    return DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)})
+
+
+def run_demo_cli(args: argparse.Namespace) -> int:
+    """``federated-factory demo``: run it and print the summary table."""
+    print_summary(run_demo(config_from_args(args)))
     return 0
 
 
+# ----------------------------------------------------------------------------------------------------------
+# typed stage results
+
+
 @dataclass
-class _Federation:
+class DataStage:
+    """The loaded splits and the partition of the training split among the hospitals."""
+
+    train: Any  # datasets.Dataset
+    test: Any
+    label_space: list[str]
+    partition: Any  # federated_factory.partition.Partition
+    client_sets: list
+    table: str
+    image_size: int
+    channels: int
+    seconds: float
+
+
+@dataclass
+class HospitalIdentity:
+    """One hospital on the demo's Hub: its user, token and the private repo of its factory."""
+
+    name: str
+    user: str
+    token: str
+    repo: str
+
+
+@dataclass
+class Federation:
     """Who is who on the demo's Hub: one user + organization per hospital, one aggregator account."""
 
-    clients: list[dict] = field(default_factory=list)  # {"name", "user", "token", "repo"}
+    clients: list[HospitalIdentity] = field(default_factory=list)
     aggregator_user: str = "aggregator"
     aggregator_token: str = ""
 
 
-def _client_names(partition) -> list[str]:
-    return [f"hospital-{i:02d}" for i in range(partition.num_clients)]
+@dataclass
+class ClientSummary:
+    """What one hospital's job reports (one entry of ``results.json``'s ``clients``)."""
+
+    name: str
+    repo: str
+    revision: str
+    classes: list[str]
+    class_counts: dict
+    train_images_per_second: float
+    train_seconds: float
+    final_loss: float
+    privacy_copy_rate: float
+    privacy_passed: bool
+    upload_bytes: int
+    threads: int
+    seconds: float
 
 
-def run_demo(config: DemoConfig) -> dict:
-    """Run every stage and return the results (also written to ``<output_dir>/results.json``)."""
+@dataclass
+class FactoriesStage:
+    factory_config: Any  # federated_factory.client.FactoryConfig
+    clients: list[ClientSummary]
+    seconds: float
+
+
+@dataclass
+class AggregationStage:
+    classifier: Any  # federated_factory.classifier.ClassifierConfig
+    aggregation: Any  # federated_factory.aggregator.AggregationResult
+    seconds: float
+
+
+@dataclass
+class BaselinesStage:
+    """Each baseline's results (test metrics, history, communication) and wall time."""
+
+    centralized: dict
+    fedavg: dict
+    fedprox: dict
+    scaffold: dict | None
+    seconds: dict[str, float]
+
+
+@dataclass
+class DemoResults:
+    """Everything the demo measured; :meth:`to_dict` is the content of ``results.json`` (key for key)."""
+
+    config: dict
+    factory_config: dict
+    machine: dict
+    dataset: dict
+    partition: dict
+    clients: list[dict]
+    manifest: dict
+    federated_factory: dict
+    centralized: dict
+    fedavg: dict
+    fedprox: dict
+    scaffold: dict | None
+    unlearning: dict | None
+    timings: dict[str, float]
+
+    def methods(self) -> dict[str, dict]:
+        """The compared methods' results by results.json key, in report order (SCAFFOLD only when run)."""
+        rows = {"federated_factory": self.federated_factory, "fedavg": self.fedavg, "fedprox": self.fedprox}
+        if self.scaffold is not None:
+            rows["scaffold"] = self.scaffold
+        rows["centralized"] = self.centralized
+        return rows
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if out["scaffold"] is None:
+            del out["scaffold"]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DemoResults:
+        return cls(**{f.name: data.get(f.name) for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def load(cls, results_dir: str | Path) -> DemoResults:
+        """Read ``<results_dir>/results.json``."""
+        import json
+
+        return cls.from_dict(json.loads((Path(results_dir) / "results.json").read_text()))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the stages
+
+
+def prepare_data(config: DemoConfig, out: Path) -> DataStage:
+    """Load the dataset, partition its training split, print the client × class table, draw the heatmap."""
+    from .data import describe, load_image_splits
+    from .partition import partition_dataset, plot_heatmap, summary_table
+
+    t0 = time.perf_counter()
+    splits = load_image_splits(config.dataset, image_size=config.image_size, channels=config.channels)
+    if "test" not in splits:
+        raise DemoError(f"{config.dataset} has no test split; the demo evaluates on real held-out data")
+    train, test = splits["train"], splits["test"]
+    partition = partition_dataset(train, config.partition, num_clients=config.num_clients, seed=config.partition_seed,
+                                  alpha=config.alpha, classes_per_client=config.classes_per_client)
+    client_sets = [partition.client_dataset(train, i) for i in range(partition.num_clients)]
+    plot_heatmap(partition, train, out / "partition_heatmap.png")
+    table = summary_table(partition, train)
+    print(table)
+    seconds = time.perf_counter() - t0
+    info = describe(train)
+    return DataStage(train=train, test=test, label_space=list(train.features["label"].names), partition=partition,
+                     client_sets=client_sets, table=table, image_size=info["image_size"][0],
+                     channels=info["channels"], seconds=seconds)
+
+
+def register_identities(server, num_clients: int) -> Federation:
+    """A user, token and organization per hospital (``hospital-00`` …) plus the aggregator's account, which
+    belongs to every hospital's organization so it can read the private factories."""
+    fed = Federation(aggregator_token=f"hf_{secrets.token_hex(16)}")
+    server.add_token(fed.aggregator_token, fed.aggregator_user, "write")
+    for i in range(num_clients):
+        name = f"hospital-{i:02d}"
+        user, token = f"{name}-ml", f"hf_{secrets.token_hex(16)}"
+        server.add_token(token, user, "write")
+        server.set_org(name, [user, fed.aggregator_user])
+        fed.clients.append(HospitalIdentity(name=name, user=user, token=token, repo=f"{name}/factory"))
+    return fed
+
+
+def train_factories(config: DemoConfig, out: Path, server, fed: Federation, data: DataStage) -> FactoriesStage:
+    """Every hospital trains, audits and publishes its factory (in ``config.workers`` processes)."""
+    from .client import preset
+
+    overrides = {"image_size": data.image_size, "channels": data.channels, "flip": config.flip, "seed": config.seed}
+    if config.train_steps:
+        overrides["train_steps"] = config.train_steps
+    factory_config = preset(config.preset, **overrides)
+    t0 = time.perf_counter()
+    jobs = [
+        {"endpoint": server.url, "client": asdict(client), "dataset": dataset, "config": factory_config.to_dict(),
+         "output_dir": str(out / "clients" / client.name), "audit_samples": config.audit_samples_per_class,
+         "threads": 1 if config.workers > 1 else 0, "progress": config.progress and config.workers == 1}
+        for client, dataset in zip(fed.clients, data.client_sets)
+    ]
+    clients = _train_clients(jobs, config.workers, config.progress)
+    return FactoriesStage(factory_config=factory_config, clients=clients, seconds=time.perf_counter() - t0)
+
+
+def aggregate_factories(config: DemoConfig, out: Path, fed: Federation, data: DataStage, factories: FactoriesStage,
+                        accelerator) -> AggregationStage:
+    """Write the manifest pinning every published factory, then run the aggregator on it (synthesis,
+    classifier, evaluation on the real test split, publication); draws real-vs-synthetic samples."""
+    from .aggregator import aggregate
+    from .classifier import ClassifierConfig
+    from .hub.manifest import FactoryEntry, Manifest, SynthesisConfig
+
+    classifier = ClassifierConfig(epochs=config.classifier_epochs, hflip=config.hflip, vflip=config.vflip,
+                                  seed=config.seed, **({"arch": config.classifier} if config.classifier else {}))
+    manifest = Manifest(
+        federation=f"{config.dataset}-{config.partition}",
+        label_space=list(data.label_space),
+        factories=[FactoryEntry(c.repo, c.revision) for c in factories.clients],
+        synthesis=SynthesisConfig(samples_per_class=config.samples_per_class, sampler=config.sampler,
+                                  num_inference_steps=config.num_inference_steps, batch_size=100, seed=config.seed,
+                                  precision=config.synthesis_precision),
+        classifier=classifier.to_dict(),
+        evaluation={"dataset": config.dataset, "split": "test", "image_size": config.image_size,
+                    "channels": config.channels},
+        output_dir=str(out / "aggregate"),
+        publish={"classifier_repo": f"{fed.aggregator_user}/global-classifier",
+                 "dataset_repo": f"{fed.aggregator_user}/synthetic-data", "private": True},
+    )
+    manifest.save(out / "manifest.yaml")
+    t0 = time.perf_counter()
+    aggregation = aggregate(manifest, token=fed.aggregator_token, accelerator=accelerator,
+                            output_dir=out / "aggregate", cache_dir=out / "cache", progress=config.progress)
+    seconds = time.perf_counter() - t0
+    _real_vs_synthetic(data.train, out / "aggregate" / "synthetic", out / "real_vs_synthetic.png")
+    return AggregationStage(classifier=classifier, aggregation=aggregation, seconds=seconds)
+
+
+def run_baselines(config: DemoConfig, data: DataStage, classifier, accelerator) -> BaselinesStage:
+    """Centralized, FedAvg, FedProx (and SCAFFOLD when asked) on the hospitals' real data, same classifier."""
+    from .baselines import run_centralized, run_fedavg, run_scaffold
+
+    seconds: dict[str, float] = {}
+    federated = dict(rounds=config.fl_rounds, local_epochs=config.fl_local_epochs, seed=config.seed,
+                     progress=config.progress, device=accelerator.device)
+
+    def timed(key: str, run):
+        t0 = time.perf_counter()
+        result = run()
+        seconds[key] = time.perf_counter() - t0
+        return {k: v for k, v in result.items() if k != "model"}
+
+    sets, test = data.client_sets, data.test
+    centralized = timed("centralized_seconds", lambda: run_centralized(sets, test, classifier, progress=config.progress))
+    fedavg = timed("fedavg_seconds", lambda: run_fedavg(sets, test, classifier, mu=0.0, **federated))
+    fedprox = timed("fedprox_seconds", lambda: run_fedavg(sets, test, classifier, mu=config.fedprox_mu, **federated))
+    scaffold = None
+    if config.scaffold:
+        scaffold = timed("scaffold_seconds",
+                         lambda: run_scaffold(sets, test, classifier, local_lr=config.scaffold_lr, **federated))
+    return BaselinesStage(centralized=centralized, fedavg=fedavg, fedprox={**fedprox, "mu": config.fedprox_mu},
+                          scaffold=scaffold, seconds=seconds)
+
+
+def unlearn_hospital(config: DemoConfig, out: Path, fed: Federation, factories: FactoriesStage,
+                     aggregation: AggregationStage, accelerator) -> tuple[dict | None, float | None]:
+    """Remove one hospital (``config.unlearn``) from the federation; returns its certificate and the
+    wall time, or ``(None, None)`` when skipped (``unlearn=None`` or a single hospital)."""
+    clients = factories.clients
+    if config.unlearn is None or len(clients) <= 1:
+        return None, None
+    from .unlearning import unlearn
+
+    index = len(clients) - 1 if config.unlearn == "last" else int(config.unlearn)
+    if not 0 <= index < len(clients):
+        raise DemoError(f"--unlearn {config.unlearn}: there are {len(clients)} hospitals (0..{len(clients) - 1})")
+    t0 = time.perf_counter()
+    certificate = unlearn(aggregation.aggregation.manifest, clients[index].repo,
+                          reason="demo: hospital leaves the federation", previous_output_dir=out / "aggregate",
+                          output_dir=out / "unlearned", cache_dir=out / "cache", token=fed.aggregator_token,
+                          accelerator=accelerator, verify_from_scratch=config.verify_unlearning,
+                          progress=config.progress)
+    return certificate, time.perf_counter() - t0
+
+
+def collect_results(config: DemoConfig, data: DataStage, fed: Federation, factories: FactoriesStage,
+                    aggregation: AggregationStage, baselines: BaselinesStage, unlearning: dict | None,
+                    timings: dict[str, float]) -> DemoResults:
+    """Assemble :class:`DemoResults` from the stages' results."""
+    from .data import describe
+
+    agg = aggregation.aggregation
+    ff_eval = agg.evaluation or {}
+    clients = [asdict(c) for c in factories.clients]
+    download_bytes = sum(c.upload_bytes for c in factories.clients)
+    return DemoResults(
+        config=config.to_dict(),
+        factory_config=factories.factory_config.to_dict(),
+        machine=_machine(),
+        dataset={"train": describe(data.train), "test": describe(data.test)},
+        partition={"scheme": data.partition.scheme, "num_clients": data.partition.num_clients,
+                   "counts": data.partition.counts(data.train).tolist(), "client_names": [c.name for c in fed.clients],
+                   "class_names": list(data.label_space), "table": data.table},
+        clients=clients,
+        manifest=agg.manifest.to_dict(),
+        federated_factory={
+            **{k: ff_eval.get(k) for k in ("accuracy", "macro_f1", "auroc", "per_class_recall", "confusion_matrix", "n")},
+            "synthesis": agg.synthesis,
+            "training": agg.training,
+            "published": agg.published,
+            "timings": agg.timings,
+            "communication": {
+                "per_client_upload_bytes": {c.name: c.upload_bytes for c in factories.clients},
+                "per_client_download_bytes": {c.name: 0 for c in factories.clients},
+                "aggregator_download_bytes": download_bytes,
+                "total_bytes": 2 * download_bytes,
+                "rounds": 1,
+            },
+        },
+        centralized=baselines.centralized,
+        fedavg=baselines.fedavg,
+        fedprox=baselines.fedprox,
+        scaffold=baselines.scaffold,
+        unlearning=unlearning,
+        timings=timings,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the run
+
+
+def run_demo(config: DemoConfig) -> DemoResults:
+    """Run every stage against a Hub endpoint started for the run; write ``results.json`` and ``report.md``
+    to ``config.output_dir`` (emptied first) and return the results.
+
+    The Hub endpoint is process-global for huggingface_hub (read from ``HF_ENDPOINT`` at import), so a
+    process runs at most one demo. The libraries' own progress bars are off for the run and restored after.
+    """
     from .hub.env import free_port, use_endpoint
+    from .runtime import library_progress_bars
 
     out = Path(config.output_dir)
     if out.exists():
@@ -147,41 +467,40 @@ def run_demo(config: DemoConfig) -> dict:
     out.mkdir(parents=True)
     port = free_port()
     use_endpoint(f"http://127.0.0.1:{port}")
-    _quiet_library_progress_bars()
-    os.environ.setdefault("FEDERATED_FACTORY_CACHE", str(out / "cache"))
 
     from .hub.server import HubServer
+    from .report import render_report
 
-    timings: dict[str, float] = {}
     t_demo = time.perf_counter()
     server = HubServer(out / "hub", tokens={}, host="127.0.0.1", port=port)
     server.start()
     try:
-        results = _run_stages(config, out, server, timings)
+        with library_progress_bars(False):
+            results = _run_stages(config, out, server)
     finally:
         server.stop()
-    timings["total_seconds"] = time.perf_counter() - t_demo
-    results["timings"] = timings
-    _write_results(out, results)
-    from .report import render_report
-
+    results.timings["total_seconds"] = time.perf_counter() - t_demo
+    atomic_write_json(out / "results.json", results.to_dict(), default=_json_default)
     render_report(out)
     return results
 
 
-def _quiet_library_progress_bars() -> None:
-    """The demo draws its own bars; the libraries' per-file download/load/save bars would drown them."""
-    import datasets
-    import diffusers
-    import huggingface_hub
+def _run_stages(config: DemoConfig, out: Path, server) -> DemoResults:
+    import torch
+    from accelerate import Accelerator
 
-    huggingface_hub.utils.disable_progress_bars()
-    datasets.disable_progress_bars()
-    diffusers.utils.logging.disable_progress_bar()
-
-
-def _write_results(out: Path, results: dict) -> None:
-    atomic_write_json(out / "results.json", results, default=_json_default)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    data = prepare_data(config, out)
+    fed = register_identities(server, data.partition.num_clients)
+    factories = train_factories(config, out, server, fed, data)
+    aggregation = aggregate_factories(config, out, fed, data, factories, accelerator)
+    baselines = run_baselines(config, data, aggregation.classifier, accelerator)
+    unlearning, unlearning_seconds = unlearn_hospital(config, out, fed, factories, aggregation, accelerator)
+    timings = {"data_seconds": data.seconds, "clients_seconds": factories.seconds,
+               "aggregation_seconds": aggregation.seconds, **baselines.seconds}
+    if unlearning_seconds is not None:
+        timings["unlearning_seconds"] = unlearning_seconds
+    return collect_results(config, data, fed, factories, aggregation, baselines, unlearning, timings)
 
 
 def _json_default(value):
@@ -194,164 +513,16 @@ def _json_default(value):
     return str(value)
 
 
-def _run_stages(config: DemoConfig, out: Path, server, timings: dict) -> dict:
-    import torch
-    from accelerate import Accelerator
-
-    from .baselines import run_centralized, run_fedavg, run_scaffold
-    from .classifier import ClassifierConfig
-    from .client import preset
-    from .data import describe, load_image_splits
-    from .hub.manifest import FactoryEntry, Manifest, SynthesisConfig
-    from .partition import partition_dataset, plot_heatmap, summary_table
-
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    progress = config.progress
-
-    # ---- data and partition ------------------------------------------------------------------
-    t0 = time.perf_counter()
-    splits = load_image_splits(config.dataset, image_size=config.image_size, channels=config.channels)
-    if "test" not in splits:
-        raise ValueError(f"{config.dataset} has no test split; the demo evaluates on real held-out data")
-    train, test = splits["train"], splits["test"]
-    label_space = train.features["label"].names
-    partition = partition_dataset(train, config.partition, num_clients=config.num_clients, seed=config.partition_seed,
-                                  alpha=config.alpha, classes_per_client=config.classes_per_client)
-    client_sets = [partition.client_dataset(train, i) for i in range(partition.num_clients)]
-    plot_heatmap(partition, train, out / "partition_heatmap.png")
-    table = summary_table(partition, train)
-    print(table)
-    timings["data_seconds"] = time.perf_counter() - t0
-    info = describe(train)
-    width, _ = info["image_size"]
-    channels = info["channels"]
-
-    # ---- Hub identities ----------------------------------------------------------------------
-    fed = _Federation(aggregator_token=f"hf_{secrets.token_hex(16)}")
-    server.add_token(fed.aggregator_token, fed.aggregator_user, "write")
-    for name in _client_names(partition):
-        user, token = f"{name}-ml", f"hf_{secrets.token_hex(16)}"
-        server.add_token(token, user, "write")
-        server.set_org(name, [user, fed.aggregator_user])
-        fed.clients.append({"name": name, "user": user, "token": token, "repo": f"{name}/factory"})
-
-    # ---- clients: train, audit, publish ------------------------------------------------------
-    overrides = {"image_size": width, "channels": channels, "flip": config.flip, "seed": config.seed}
-    if config.train_steps:
-        overrides["train_steps"] = config.train_steps
-    factory_config = preset(config.preset, **overrides)
-    t0 = time.perf_counter()
-    jobs = [
-        {"endpoint": server.url, "client": client, "dataset": data, "config": factory_config.to_dict(),
-         "output_dir": str(out / "clients" / client["name"]), "audit_samples": config.audit_samples_per_class,
-         "threads": None, "progress": progress and config.workers == 1}
-        for client, data in zip(fed.clients, client_sets)
-    ]
-    clients = _train_clients(jobs, config.workers, progress)
-    timings["clients_seconds"] = time.perf_counter() - t0
-
-    # ---- aggregator --------------------------------------------------------------------------
-    classifier = ClassifierConfig(epochs=config.classifier_epochs, hflip=config.hflip, vflip=config.vflip,
-                                  seed=config.seed, **({"arch": config.classifier} if config.classifier else {}))
-    manifest = Manifest(
-        federation=f"{config.dataset}-{config.partition}",
-        label_space=list(label_space),
-        factories=[FactoryEntry(c["repo"], c["revision"]) for c in clients],
-        synthesis=SynthesisConfig(samples_per_class=config.samples_per_class, sampler=config.sampler,
-                                  num_inference_steps=config.num_inference_steps, batch_size=100, seed=config.seed,
-                                  precision=config.synthesis_precision),
-        classifier=classifier.to_dict(),
-        evaluation={"dataset": config.dataset, "split": "test", "image_size": config.image_size,
-                    "channels": config.channels},
-        output_dir=str(out / "aggregate"),
-        publish={"classifier_repo": f"{fed.aggregator_user}/global-classifier",
-                 "dataset_repo": f"{fed.aggregator_user}/synthetic-data", "private": True},
-    )
-    manifest.save(out / "manifest.yaml")
-    from .aggregator import aggregate
-
-    t0 = time.perf_counter()
-    aggregation = aggregate(manifest, token=fed.aggregator_token, accelerator=accelerator,
-                            output_dir=out / "aggregate", cache_dir=out / "cache", progress=progress)
-    timings["aggregation_seconds"] = time.perf_counter() - t0
-    _real_vs_synthetic(train, out / "aggregate" / "synthetic", out / "real_vs_synthetic.png")
-    download_bytes = sum(c["upload_bytes"] for c in clients)
-
-    # ---- baselines ---------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    centralized = run_centralized(client_sets, test, classifier, progress=progress)
-    timings["centralized_seconds"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    fedavg = run_fedavg(client_sets, test, classifier, rounds=config.fl_rounds, local_epochs=config.fl_local_epochs,
-                        mu=0.0, seed=config.seed, progress=progress, device=accelerator.device)
-    timings["fedavg_seconds"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    fedprox = run_fedavg(client_sets, test, classifier, rounds=config.fl_rounds, local_epochs=config.fl_local_epochs,
-                         mu=config.fedprox_mu, seed=config.seed, progress=progress, device=accelerator.device)
-    timings["fedprox_seconds"] = time.perf_counter() - t0
-    scaffold = None
-    if config.scaffold:
-        t0 = time.perf_counter()
-        scaffold = run_scaffold(client_sets, test, classifier, rounds=config.fl_rounds,
-                                local_epochs=config.fl_local_epochs, local_lr=config.scaffold_lr, seed=config.seed,
-                                progress=progress, device=accelerator.device)
-        timings["scaffold_seconds"] = time.perf_counter() - t0
-
-    # ---- unlearning --------------------------------------------------------------------------
-    unlearning = None
-    if config.unlearn is not None and len(clients) > 1:
-        index = len(clients) - 1 if config.unlearn == "last" else int(config.unlearn)
-        from .unlearning import unlearn
-
-        t0 = time.perf_counter()
-        unlearning = unlearn(aggregation.manifest, clients[index]["repo"], reason="demo: hospital leaves the federation",
-                             previous_output_dir=out / "aggregate", output_dir=out / "unlearned",
-                             cache_dir=out / "cache", token=fed.aggregator_token, accelerator=accelerator,
-                             verify_from_scratch=config.verify_unlearning, progress=progress)
-        timings["unlearning_seconds"] = time.perf_counter() - t0
-
-    ff_eval = aggregation.evaluation or {}
-    return {
-        "config": config.to_dict(),
-        "factory_config": factory_config.to_dict(),
-        "machine": _machine(),
-        "dataset": {"train": describe(train), "test": describe(test)},
-        "partition": {"scheme": partition.scheme, "num_clients": partition.num_clients,
-                      "counts": partition.counts(train).tolist(), "client_names": [c["name"] for c in fed.clients],
-                      "class_names": list(label_space), "table": table},
-        "clients": clients,
-        "manifest": aggregation.manifest.to_dict(),
-        "federated_factory": {
-            **{k: ff_eval.get(k) for k in ("accuracy", "macro_f1", "auroc", "per_class_recall", "confusion_matrix", "n")},
-            "synthesis": aggregation.synthesis,
-            "training": aggregation.training,
-            "published": aggregation.published,
-            "timings": aggregation.timings,
-            "communication": {
-                "per_client_upload_bytes": {c["name"]: c["upload_bytes"] for c in clients},
-                "per_client_download_bytes": {c["name"]: 0 for c in clients},
-                "aggregator_download_bytes": download_bytes,
-                "total_bytes": 2 * download_bytes,
-                "rounds": 1,
-            },
-        },
-        "centralized": _strip(centralized),
-        "fedavg": _strip(fedavg),
-        "fedprox": {**_strip(fedprox), "mu": config.fedprox_mu},
-        **({"scaffold": _strip(scaffold)} if scaffold is not None else {}),
-        "unlearning": unlearning,
-    }
-
-
 def _real_vs_synthetic(train, synthetic_dir: Path, path: Path, per_side: int = 8) -> None:
     """One row per class: real training images (left) next to synthetic ones (right)."""
     from datasets import load_from_disk
 
+    from .data import image_channels_of
     from .plots import image_grid
     from .tensors import images_to_uint8
 
     synthetic = load_from_disk(str(synthetic_dir))
-    channels = 1 if train[0]["image"].mode == "L" else 3
+    channels = image_channels_of(train)
     real_labels, synth_labels = np.asarray(train["label"]), np.asarray(synthetic["label"])
     names, synth_names = train.features["label"].names, synthetic.features["label"].names
     rows = []
@@ -367,69 +538,62 @@ def _real_vs_synthetic(train, synthetic_dir: Path, path: Path, per_side: int = 8
     image_grid(rows, scale=3).save(path)
 
 
-def _train_client(job: dict) -> dict:
+def _train_client(job: dict) -> ClientSummary:
     """One hospital's job (also run in a worker process): train, audit, publish; returns its summary."""
     from .hub.env import use_endpoint
+    from .runtime import cpu_threads, library_progress_bars
 
     use_endpoint(job["endpoint"])
-    _quiet_library_progress_bars()
     import torch
 
-    if job["threads"]:
-        torch.set_num_threads(job["threads"])
     from .client import FactoryConfig, run_client
 
-    client, started = job["client"], time.perf_counter()
-    published, metadata = run_client(
-        job["dataset"], client["repo"], FactoryConfig.from_dict(job["config"]), token=client["token"],
-        output_dir=job["output_dir"], audit_samples_per_class=job["audit_samples"], progress=job["progress"],
+    client, started = HospitalIdentity(**job["client"]), time.perf_counter()
+    with library_progress_bars(False), cpu_threads(job["threads"]):
+        published, metadata = run_client(
+            job["dataset"], client.repo, FactoryConfig.from_dict(job["config"]), token=client.token,
+            output_dir=job["output_dir"], audit_samples_per_class=job["audit_samples"], progress=job["progress"],
+        )
+        threads = torch.get_num_threads()
+    stats, audit = metadata["train_stats"], metadata["privacy_audit"]
+    return ClientSummary(
+        name=client.name,
+        repo=published.repo_id,
+        revision=published.revision,
+        classes=metadata["classes"],
+        class_counts=metadata["class_counts"],
+        train_images_per_second=stats["images_per_second"],
+        train_seconds=stats["wall_seconds"],
+        final_loss=stats["final_loss"],
+        privacy_copy_rate=audit["copy_rate"],
+        privacy_passed=audit["passed"],
+        upload_bytes=_published_bytes(Path(job["output_dir"]) / "pipeline"),
+        threads=threads,
+        seconds=time.perf_counter() - started,
     )
-    return {
-        "name": client["name"],
-        "repo": published.repo_id,
-        "revision": published.revision,
-        "classes": metadata["classes"],
-        "class_counts": metadata["class_counts"],
-        "train_images_per_second": metadata["train_stats"]["images_per_second"],
-        "train_seconds": metadata["train_stats"]["wall_seconds"],
-        "final_loss": metadata["train_stats"]["final_loss"],
-        "privacy_copy_rate": metadata["privacy_audit"]["copy_rate"],
-        "privacy_passed": metadata["privacy_audit"]["passed"],
-        "upload_bytes": _published_bytes(Path(job["output_dir"]) / "pipeline"),
-        "threads": torch.get_num_threads(),
-        "seconds": time.perf_counter() - started,
-    }
 
 
-def _train_clients(jobs: list[dict], workers: int, progress: bool) -> list[dict]:
-    """Run the hospitals' jobs, in this process or in ``workers`` spawned processes (one thread each:
-    on a small CPU two single-thread trainings outrun one two-thread training by about a quarter)."""
+def _train_clients(jobs: list[dict], workers: int, progress: bool) -> list[ClientSummary]:
+    """Run the hospitals' jobs, in this process or in ``workers`` spawned processes (one thread each: on a
+    small CPU, single-thread trainings side by side outrun one multi-thread training: benchmarks/README.md)."""
     from tqdm.auto import tqdm
 
     if workers <= 1:
         return [_train_client(job) for job in jobs]
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    for job in jobs:
-        job["threads"] = 1
-    results: dict[str, dict] = {}
+    results: dict[str, ClientSummary] = {}
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(_train_client, job): job["client"]["name"] for job in jobs}
         bar = tqdm(total=len(jobs), desc=f"hospitals ({workers} in parallel)", unit="factory", disable=not progress)
-        from concurrent.futures import as_completed
-
         for future in as_completed(futures):
             summary = future.result()
-            results[summary["name"]] = summary
-            bar.set_postfix(last=summary["name"], img_s=f"{summary['train_images_per_second']:.0f}")
+            results[summary.name] = summary
+            bar.set_postfix(last=summary.name, img_s=f"{summary.train_images_per_second:.0f}")
             bar.update(1)
         bar.close()
     return [results[job["client"]["name"]] for job in jobs]
-
-
-def _strip(result: dict) -> dict:
-    return {k: v for k, v in result.items() if k != "model"}
 
 
 def _published_bytes(pipeline_dir: Path) -> int:
@@ -446,22 +610,36 @@ def _machine() -> dict:
             "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def print_summary(results: dict) -> None:
+def print_summary(results: DemoResults) -> None:
     """The final table on the terminal."""
-    rows = [("FederatedFactory (synthetic only)", results["federated_factory"]), ("FedAvg", results["fedavg"]),
-            ("FedProx", results["fedprox"])]
-    if "scaffold" in results:
-        rows.append(("SCAFFOLD", results["scaffold"]))
-    rows.append(("Centralized (real data)", results["centralized"]))
-    central = results["centralized"]["accuracy"]
+    labels = {"federated_factory": "FederatedFactory (synthetic only)", "fedavg": "FedAvg", "fedprox": "FedProx",
+              "scaffold": "SCAFFOLD", "centralized": "Centralized (real data)"}
+    central = results.centralized["accuracy"]
     print()
     print(f"{'method':36s} {'accuracy':>9s} {'macro-F1':>9s} {'AUROC':>7s} {'vs central':>11s}")
-    for name, r in rows:
-        print(f"{name:36s} {r['accuracy']:9.4f} {r['macro_f1']:9.4f} {r['auroc']:7.4f} {r['accuracy'] / central:10.1%}")
-    if results.get("unlearning"):
-        u = results["unlearning"]
+    for key, r in results.methods().items():
+        print(f"{labels[key]:36s} {r['accuracy']:9.4f} {r['macro_f1']:9.4f} {r['auroc']:7.4f} {r['accuracy'] / central:10.1%}")
+    if results.unlearning:
+        u = results.unlearning
         print(f"\nunlearned {u['removed']['repo']}: {u['examples_from_removed']} examples left from it, "
               f"{u['chunks_regenerated']} chunks regenerated, classes removed: {', '.join(u['classes_removed']) or 'none'}; "
               f"from-scratch check: {u['from_scratch_check']}")
-    print(f"\ntotal wall time {results['timings']['total_seconds'] / 60:.1f} min; report: "
-          f"{Path(results['config']['output_dir']) / 'report.md'}")
+    print(f"\ntotal wall time {results.timings['total_seconds'] / 60:.1f} min; report: "
+          f"{Path(results.config['output_dir']) / 'report.md'}")
+
+
+__all__ = [
+    "DemoConfig",
+    "DemoResults",
+    "aggregate_factories",
+    "collect_results",
+    "config_from_args",
+    "demo_argument_parser",
+    "prepare_data",
+    "print_summary",
+    "register_identities",
+    "run_baselines",
+    "run_demo",
+    "train_factories",
+    "unlearn_hospital",
+]

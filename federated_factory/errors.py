@@ -31,3 +31,23 @@ class UnlearningError(FederatedFactoryError, ValueError):
 
 class HubEndpointError(FederatedFactoryError):
     """The Hub-compatible endpoint cannot be started or configured."""
+
+
+class ClassifierError(FederatedFactoryError, ValueError):
+    """A classifier cannot be built, configured, trained, evaluated, saved or loaded as asked."""
+
+
+class BaselineError(FederatedFactoryError, ValueError):
+    """A baseline (centralized, FedAvg, FedProx, SCAFFOLD) cannot run with the given clients or settings."""
+
+
+class DemoError(FederatedFactoryError, ValueError):
+    """The demo cannot run with the given options (e.g. a dataset without a test split)."""
+
+
+class PlotError(FederatedFactoryError, ValueError):
+    """A chart cannot be drawn from the values given (e.g. a confusion matrix of the wrong shape)."""
+
+
+class ReportError(FederatedFactoryError, ValueError):
+    """A report cannot be rendered (no ``results.json`` in the folder given)."""

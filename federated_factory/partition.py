@@ -44,8 +44,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from federated_factory.data import label_array, load_image_dataset
-from federated_factory.errors import DataError, FederatedFactoryError, PartitionError
+from federated_factory.data import class_counts, label_array, load_image_dataset
+from federated_factory.errors import FederatedFactoryError, PartitionError
 
 __all__ = [
     "SCHEMES",
@@ -56,6 +56,7 @@ __all__ = [
     "plot_heatmap",
     "summary_main",
     "build_summary_parser",
+    "run_summary",
 ]
 
 SCHEMES = ("silos", "pathological", "dirichlet", "iid")
@@ -95,7 +96,7 @@ class Partition:
         self._check_dataset(dataset)
         labels = label_array(dataset)
         num_classes = len(dataset.features["label"].names)
-        return np.stack([np.bincount(labels[idx], minlength=num_classes) for idx in self.indices]).astype(np.int64)
+        return np.stack([class_counts(labels[idx], num_classes) for idx in self.indices])
 
     def sizes(self) -> list[int]:
         """Rows per client."""
@@ -309,16 +310,14 @@ def summary_table(partition: Partition, dataset: datasets.Dataset) -> str:
 def plot_heatmap(partition: Partition, dataset: datasets.Dataset, path) -> Path:
     """Save a clients × classes heatmap of row counts, each cell annotated, as a PNG at ``path``.
 
-    Uses matplotlib's Agg canvas directly (no pyplot, no global backend change).
+    Drawn on its own Agg canvas (:func:`federated_factory.plots.new_figure`: no pyplot, no global state).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from federated_factory.plots import new_figure, save_figure
 
     counts = partition.counts(dataset)
     class_names = list(dataset.features["label"].names)
     n_clients, n_classes = counts.shape
-    fig = Figure(figsize=(max(4.0, 0.7 * n_classes + 2.5), max(3.0, 0.35 * n_clients + 1.8)))
-    FigureCanvasAgg(fig)
+    fig = new_figure((max(4.0, 0.7 * n_classes + 2.5), max(3.0, 0.35 * n_clients + 1.8)))
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(counts, aspect="auto", cmap="viridis", interpolation="nearest")
     fig.colorbar(image, ax=ax, label="rows")
@@ -335,62 +334,55 @@ def plot_heatmap(partition: Partition, dataset: datasets.Dataset, path) -> Path:
             for j in range(n_classes):
                 ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=fontsize,
                         color="black" if counts[i, j] > threshold else "white")
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=120)
-    return out
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- CLI
 
 
 def build_summary_parser(prog: str = "federated-factory data summary") -> argparse.ArgumentParser:
+    """A stand-alone parser for the ``data summary`` options (``python -m federated_factory.partition``)."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Partition the train split of a dataset among clients and print the client × class counts.",
     )
-    parser.add_argument("--dataset", required=True,
-                        help="mnist-5k, an imagefolder / parquet / save_to_disk directory, or a Hub dataset id")
-    parser.add_argument("--partition", required=True, choices=[*SCHEMES, *_ALIASES], help="partition scheme")
-    parser.add_argument("--num-clients", type=int, default=None,
-                        help="number of clients (default: number of classes; silos allows only that)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (dirichlet)")
-    parser.add_argument("--classes-per-client", type=int, default=2, help="classes per client (pathological)")
-    parser.add_argument("--min-partition-size", type=int, default=1, help="fewest rows any client may get")
-    parser.add_argument("--image-size", type=int, default=None, help="resize images to N×N (Lanczos)")
-    parser.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 = grayscale, 3 = RGB")
-    parser.add_argument("--revision", default=None, help="Hub dataset revision")
-    parser.add_argument("--token", default=None, help="Hub token (default: the usual HF token lookup)")
-    parser.add_argument("--heatmap", default=None, metavar="PNG", help="also save a heatmap of the counts")
+    from federated_factory.cli import add_data_summary_arguments
+
+    add_data_summary_arguments(parser)
     return parser
 
 
+def run_summary(args: argparse.Namespace) -> int:
+    """Print the client × class table of the partition ``args`` describe (and save the heatmap if asked).
+    Raises :class:`~federated_factory.errors.DataError` / :class:`PartitionError` for a bad source, scheme or output path."""
+    train = load_image_dataset(args.dataset, "train", image_size=args.image_size, channels=args.channels,
+                               revision=args.revision, token=args.token)
+    partition = partition_dataset(train, args.partition, num_clients=args.num_clients, seed=args.seed,
+                                  alpha=args.alpha, classes_per_client=args.classes_per_client,
+                                  min_partition_size=args.min_partition_size)
+    print(summary_table(partition, train))
+    if args.heatmap:
+        try:
+            plot_heatmap(partition, train, args.heatmap)
+        except OSError as exc:
+            raise PartitionError(f"cannot write heatmap {args.heatmap!r}: {exc.strerror or exc}") from None
+        print(f"heatmap written to {args.heatmap}", file=sys.stderr)
+    return 0
+
+
 def summary_main(argv: list[str] | None = None) -> int:
-    """``federated-factory data summary``: print the client × class table; 0 on success, 2 on error."""
+    """``python -m federated_factory.partition``: :func:`run_summary` on ``argv``; 0 on success, 2 on error
+    (one ``error:`` line) or a usage error."""
     parser = build_summary_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2, already printed by argparse)
         return int(exc.code or 0)
     try:
-        train = load_image_dataset(args.dataset, "train", image_size=args.image_size, channels=args.channels,
-                                   revision=args.revision, token=args.token)
-        partition = partition_dataset(train, args.partition, num_clients=args.num_clients, seed=args.seed,
-                                      alpha=args.alpha, classes_per_client=args.classes_per_client,
-                                      min_partition_size=args.min_partition_size)
-        print(summary_table(partition, train))
-        if args.heatmap:
-            try:
-                plot_heatmap(partition, train, args.heatmap)
-            except OSError as exc:
-                raise PartitionError(f"cannot write heatmap {args.heatmap!r}: {exc.strerror or exc}") from None
-            print(f"heatmap written to {args.heatmap}", file=sys.stderr)
-    except (DataError, PartitionError, FederatedFactoryError) as exc:
+        return run_summary(args)
+    except FederatedFactoryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .atomic import atomic_write_text
+from .errors import ReportError
+
+if TYPE_CHECKING:
+    from .demo import DemoResults
 
 METHODS = [
     ("federated_factory", "FederatedFactory"),
@@ -18,15 +24,15 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.2f} MB"
 
 
-def _comm(results: dict, key: str) -> tuple[float, float]:
+def _comm(results: DemoResults, key: str) -> tuple[float, float]:
     """(bytes uploaded per client on average, total bytes exchanged) for one method."""
     if key == "federated_factory":
-        c = results[key]["communication"]
+        c = results.federated_factory["communication"]
         uploads = list(c["per_client_upload_bytes"].values())
         return sum(uploads) / len(uploads), c["total_bytes"]
     if key == "centralized":
         return float("nan"), float("nan")
-    c = results[key]["communication"]
+    c = results.methods()[key]["communication"]
     return c.get("uploaded_bytes_per_client", float("nan")), c.get("total_bytes", float("nan"))
 
 
@@ -34,15 +40,20 @@ def render_report(results_dir: str | Path) -> Path:
     """Write ``report.md`` (and the charts derived from ``results.json``) into ``results_dir``."""
     from .plots import bar_chart
 
-    out = Path(results_dir)
-    results = json.loads((out / "results.json").read_text())
-    cfg = results["config"]
-    central = results["centralized"]["accuracy"]
-    methods = [(key, label) for key, label in METHODS if key in results]
+    from .demo import DemoResults
 
-    bar_chart({label: {m: results[key][m] for m in ("accuracy", "macro_f1", "auroc")} for key, label in methods},
+    out = Path(results_dir)
+    if not (out / "results.json").is_file():
+        raise ReportError(f"{out}: no results.json here; pass the output folder of `federated-factory demo`")
+    results = DemoResults.load(out)
+    cfg = results.config
+    central = results.centralized["accuracy"]
+    scores = results.methods()
+    methods = [(key, label) for key, label in METHODS if key in scores]
+
+    bar_chart({label: {m: scores[key][m] for m in ("accuracy", "macro_f1", "auroc")} for key, label in methods},
               out / "methods.png", title=f"{cfg['dataset']}, {cfg['partition']} partition: real test set")
-    unlearning = results.get("unlearning")
+    unlearning = results.unlearning
     if unlearning and unlearning.get("per_class_recall_before"):
         before, after = unlearning["per_class_recall_before"], unlearning["per_class_recall_after"]
         _recall_chart(before, after, out / "unlearning_recall.png")
@@ -50,10 +61,10 @@ def render_report(results_dir: str | Path) -> Path:
     lines = [
         f"# FederatedFactory demo: {cfg['dataset']}, {cfg['partition']} partition",
         "",
-        f"{results['partition']['num_clients']} hospitals, each publishing a diffusion factory to its own private Hub "
-        f"repo; one aggregator; one round. Machine: {results['machine']['cpu_count']} CPU cores "
-        f"({results['machine']['platform']}), torch {results['machine']['torch']}, CUDA: {results['machine']['cuda']}. "
-        f"Total wall time: **{results['timings']['total_seconds'] / 60:.1f} min**.",
+        f"{results.partition['num_clients']} hospitals, each publishing a diffusion factory to its own private Hub "
+        f"repo; one aggregator; one round. Machine: {results.machine['cpu_count']} CPU cores "
+        f"({results.machine['platform']}), torch {results.machine['torch']}, CUDA: {results.machine['cuda']}. "
+        f"Total wall time: **{results.timings['total_seconds'] / 60:.1f} min**.",
         "",
         "## Results on the real test set",
         "",
@@ -61,14 +72,14 @@ def render_report(results_dir: str | Path) -> Path:
         "|---|---|---|---|---|---|---|---|",
     ]
     stage_time = {
-        "federated_factory": results["timings"]["clients_seconds"] + results["timings"]["aggregation_seconds"],
-        "fedavg": results["timings"]["fedavg_seconds"],
-        "fedprox": results["timings"]["fedprox_seconds"],
-        "scaffold": results["timings"].get("scaffold_seconds", float("nan")),
-        "centralized": results["timings"]["centralized_seconds"],
+        "federated_factory": results.timings["clients_seconds"] + results.timings["aggregation_seconds"],
+        "fedavg": results.timings["fedavg_seconds"],
+        "fedprox": results.timings["fedprox_seconds"],
+        "scaffold": results.timings.get("scaffold_seconds", float("nan")),
+        "centralized": results.timings["centralized_seconds"],
     }
     for key, label in methods:
-        r = results[key]
+        r = scores[key]
         up, total = _comm(results, key)
         up_s = "—" if up != up else _mb(up)
         total_s = "— (data pooled)" if total != total else _mb(total)
@@ -79,13 +90,13 @@ def render_report(results_dir: str | Path) -> Path:
         "![methods](methods.png)",
         "",
         f"FederatedFactory trained its classifier on synthetic data only "
-        f"({results['federated_factory']['synthesis']['images_generated']} images generated at "
-        f"{results['federated_factory']['synthesis']['images_per_second']:.0f} images/s, "
-        f"{results['federated_factory']['synthesis']['network_evaluations_per_image']} network evaluations per image). "
-        f"FedAvg and FedProx (mu={results['fedprox']['mu']}) ran {cfg['fl_rounds']} rounds of {cfg['fl_local_epochs']} local "
+        f"({results.federated_factory['synthesis']['images_generated']} images generated at "
+        f"{results.federated_factory['synthesis']['images_per_second']:.0f} images/s, "
+        f"{results.federated_factory['synthesis']['network_evaluations_per_image']} network evaluations per image). "
+        f"FedAvg and FedProx (mu={results.fedprox['mu']}) ran {cfg['fl_rounds']} rounds of {cfg['fl_local_epochs']} local "
         f"epoch(s)"
-        + (f" and so did SCAFFOLD (local SGD at lr {results['scaffold']['local_lr']}, control variates)"
-           if "scaffold" in results else "")
+        + (f" and so did SCAFFOLD (local SGD at lr {results.scaffold['local_lr']}, control variates)"
+           if results.scaffold is not None else "")
         + "; their reported round was chosen on the clients' validation slices, never on the test set.",
         "",
         "## Partition",
@@ -93,7 +104,7 @@ def render_report(results_dir: str | Path) -> Path:
         "![clients x classes](partition_heatmap.png)",
         "",
         "```",
-        results["partition"]["table"],
+        results.partition["table"],
         "```",
         "",
         "## Factories",
@@ -101,7 +112,7 @@ def render_report(results_dir: str | Path) -> Path:
         "| hospital | repo@revision | classes | training images/s | train time | privacy copy rate | upload |",
         "|---|---|---|---|---|---|---|",
     ]
-    for c in results["clients"]:
+    for c in results.clients:
         lines.append(f"| {c['name']} | `{c['repo']}@{c['revision'][:10]}` | {', '.join(c['classes'])} | "
                      f"{c['train_images_per_second']:.0f} | {c['train_seconds']:.0f} s | {c['privacy_copy_rate']:.1%} "
                      f"({'pass' if c['privacy_passed'] else 'FAIL'}) | {_mb(c['upload_bytes'])} |")
@@ -125,7 +136,7 @@ def render_report(results_dir: str | Path) -> Path:
         "| stage | seconds |",
         "|---|---|",
     ]
-    for key, value in results["timings"].items():
+    for key, value in results.timings.items():
         lines.append(f"| {key.replace('_seconds', '').replace('_', ' ')} | {value:.1f} |")
     if unlearning:
         lines += [
@@ -149,7 +160,7 @@ def render_report(results_dir: str | Path) -> Path:
             lines += ["![recall before and after](unlearning_recall.png)", ""]
     lines += ["All numbers come from `results.json` in this folder; `federated-factory report DIR` re-renders this page.", ""]
     path = out / "report.md"
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     return path
 
 
@@ -158,15 +169,15 @@ def _pct(value) -> str:
 
 
 def _recall_chart(before: dict, after: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Per-class recall before and after unlearning, side by side."""
     import numpy as np
+
+    from .plots import new_figure, save_figure
 
     names = list(before)
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(names) + 2), 3.2))
+    fig = new_figure((max(5, 0.6 * len(names) + 2), 3.2))
+    ax = fig.add_subplot()
     ax.bar(x - 0.2, [before[n] for n in names], 0.4, label="before")
     ax.bar(x + 0.2, [after.get(n, 0.0) for n in names], 0.4, label="after unlearning")
     ax.set_xticks(x, names)
@@ -174,6 +185,4 @@ def _recall_chart(before: dict, after: dict, path: Path) -> None:
     ax.set_ylabel("recall")
     ax.set_title("Per-class recall before and after unlearning")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -145,7 +145,7 @@ def test_scaffold_learns_on_iid_clients_is_deterministic_and_differs_from_fedavg
 
 def test_scaffold_local_step_is_sgd_on_the_corrected_gradient():
     """One local step moves w by -lr·(g + c - c_i): the control-variate correction is added to the gradient."""
-    from federated_factory.baselines import _local_train
+    from federated_factory.baselines import Scaffold, local_train
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
@@ -155,9 +155,11 @@ def test_scaffold_local_step_is_sgd_on_the_corrected_gradient():
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     reference = copy.deepcopy(model)
     torch.nn.functional.cross_entropy(reference(x), y).backward()
-    _, steps = _local_train(model, x, y, config, epochs=1, batch_size=5, lr=0.1, mu=0.0,
-                            generator=torch.Generator().manual_seed(0), device=torch.device("cpu"),
-                            correction=correction)
+    strategy = Scaffold(local_lr=0.1)
+    strategy.initialize(model, num_clients=1)
+    strategy.c_server = correction  # c - c_0 = 0.5 everywhere, since c_0 = 0
+    _, steps = local_train(strategy, 0, model, x, y, config, epochs=1, batch_size=5, lr=0.1,
+                           generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
     assert steps == 1
     for (n, p), (_, r) in zip(model.named_parameters(), reference.named_parameters()):
         assert torch.allclose(p, start[n] - 0.1 * (r.grad + 0.5), atol=1e-6), n
@@ -175,3 +177,28 @@ def test_scaffold_rejects_a_bad_learning_rate(data):
     _, test, silos, _ = data
     with pytest.raises(ValueError, match="local_lr"):
         run_scaffold(silos, test, CONFIG, rounds=1, local_epochs=1, local_lr=0.0, **LOCAL)
+
+
+def test_fedprox_local_loss_adds_the_proximal_term_to_the_round_start():
+    from federated_factory.baselines import FedAvg, FedProx
+
+    model = torch.nn.Linear(3, 2)
+    strategy = FedProx(local_lr=0.1, mu=0.5)
+    strategy.begin_local(0, model)
+    task = torch.tensor(1.25)
+    assert strategy.local_loss(model, task).item() == pytest.approx(1.25)  # at the anchor the term is 0
+    with torch.no_grad():
+        model.weight.add_(1.0)  # moves 6 weights by 1: ||w - w0||² = 6
+    assert strategy.local_loss(model, task).item() == pytest.approx(1.25 + 0.5 * 0.5 * 6)
+    assert FedAvg(0.1).local_loss(model, task) is task
+
+
+def test_baseline_errors_are_project_errors():
+    from federated_factory.baselines import FedProx
+    from federated_factory.errors import BaselineError, FederatedFactoryError
+
+    for bad in (lambda: FedProx(0.1, mu=0.0), lambda: run_fedavg([], None, CONFIG, rounds=1, local_epochs=1),
+                lambda: run_fedavg([], None, CONFIG, rounds=0, local_epochs=1)):
+        with pytest.raises(BaselineError) as info:
+            bad()
+        assert isinstance(info.value, FederatedFactoryError) and isinstance(info.value, ValueError)

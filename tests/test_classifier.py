@@ -323,3 +323,27 @@ def test_init_from_a_saved_classifier_starts_from_its_weights(trained, tmp_path)
     with pytest.raises(ValueError, match="init_from"):
         train_classifier(train, ClassifierConfig(**{**FAST, "arch": "timm/resnet18", "init_from": str(saved)}),
                          progress=False)
+
+
+def test_every_public_name_still_imports_from_the_package():
+    """The split into classifier/{models,config,training,evaluation,io}.py kept the package's import surface."""
+    import federated_factory.classifier as package
+
+    names = ["ClassifierConfig", "build_classifier", "parse_arch", "train_classifier", "train_on_tensors",
+             "evaluate_classifier", "save_classifier", "load_classifier", "LoadedClassifier", "predict_logits",
+             "accuracy_on", "plot_confusion_matrix", "plot_history", "initialize_from", "label_names_of",
+             "image_channels_of", "stratified_split", "augment_batch", "deterministic", "cpu_threads", "TrainResult",
+             "resolve_precision", "autocast_for", "DEFAULT_ARCH", "FFCNN", "SmallStemResNet", "HFImageClassifier"]
+    assert set(names) <= set(package.__all__)
+    assert all(getattr(package, name) is not None for name in package.__all__)
+    assert timm.is_model("ff_cnn") and timm.is_model("ff_resnet18")  # registered on import
+
+
+def test_classifier_errors_are_project_errors_and_value_errors():
+    from federated_factory.errors import ClassifierError, FederatedFactoryError
+
+    for bad in (lambda: ClassifierConfig(epochs=0), lambda: clf.parse_arch("keras/x"),
+                lambda: build_classifier("timm/not_a_model_at_all", 3, 1, SIZE)):
+        with pytest.raises(ClassifierError) as info:
+            bad()
+        assert isinstance(info.value, FederatedFactoryError) and isinstance(info.value, ValueError)

@@ -59,3 +59,40 @@ def test_aggregate_with_a_broken_manifest_names_the_problem(tmp_path):
     proc = _run(["aggregate", "--manifest", str(manifest), "--endpoint", "http://127.0.0.1:9"])
     assert proc.returncode == 2
     assert "no factories" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_any_project_error_is_one_line_and_exit_status_2(tmp_path, capsys):
+    """The CLI contract: a FederatedFactoryError (here a folder without results.json, a config the classifier
+    rejects through the demo, a bad partition) ends the command with one `error:` line, status 2."""
+    from federated_factory.cli import main
+
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "results.json" in err
+
+    assert main(["demo", "--unlearn", "someone", "--output-dir", str(tmp_path / "demo")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unlearn" in err
+    assert not (tmp_path / "demo").exists()  # rejected before anything was written
+
+    assert main(["data", "summary", "--dataset", "mnist-5k", "--partition", "silos", "--num-clients", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_data_summary_is_a_real_sub_command_and_hub_serve_gets_its_own_options(capsys):
+    from federated_factory.cli import build_parser, main
+
+    args = build_parser().parse_args(["data", "summary", "--dataset", "mnist-5k", "--partition", "iid",
+                                      "--num-clients", "4"])
+    assert (args.dataset, args.partition, args.num_clients) == ("mnist-5k", "iid", 4)
+    assert main(["data", "summary", "--dataset", "mnist-5k", "--partition", "iid", "--num-clients", "2"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 3 and table[0].split()[-1] == "total"
+    with pytest.raises(SystemExit) as exit_info:  # hub serve parses the rest of the line itself
+        main(["hub", "serve", "--help"])
+    assert exit_info.value.code == 0
+    assert "--data-dir" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # other commands refuse options they do not know
+        main(["report", "somewhere", "--bogus"])
+    assert exit_info.value.code == 2

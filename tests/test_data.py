@@ -398,3 +398,29 @@ def test_describe_reports_rows_classes_counts_size_and_mode(tmp_path):
     info = describe(load_image_splits(str(root)))["train"]
     assert info == {"num_rows": 5, "class_names": ["x", "y"], "counts": {"x": 2, "y": 3},
                     "image_size": (5, 5), "mode": "RGB", "channels": 3}
+
+
+@pytest.mark.parametrize("mode, channels", [("L", 1), ("1", 1), ("I", 1), ("I;16", 1), ("F", 1), ("RGB", 3),
+                                            ("RGBA", 3), ("LA", 3), ("P", 3), ("CMYK", 3)])
+def test_one_mode_to_channels_rule_for_every_caller(mode, channels):
+    """data.channels_of_image is the project's one mapping; describe() and image_channels_of() follow it."""
+    from federated_factory.data import channels_of_image, image_channels_of
+
+    image = Image.new(mode, (4, 4))
+    assert channels_of_image(image) == channels
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a"])})
+    if mode in ("I;16", "F", "P", "CMYK", "LA", "1"):  # modes the datasets Image feature re-encodes differently
+        return
+    dataset = datasets.Dataset.from_dict({"image": [image], "label": [0]}, features=features)
+    assert image_channels_of(dataset) == channels == describe(dataset)["channels"]
+
+
+def test_class_counts_counts_every_class_including_empty_ones():
+    from federated_factory.data import class_counts, label_names_of
+
+    counts = class_counts(np.array([2, 0, 2, 2]), 4)
+    assert counts.tolist() == [1, 0, 3, 0] and counts.dtype == np.int64
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    plain = datasets.Dataset.from_dict({"image": [Image.new("L", (2, 2))], "label": [0]}, features=features)
+    with pytest.raises(DataError, match="ClassLabel"):
+        label_names_of(plain)

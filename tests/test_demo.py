@@ -87,3 +87,35 @@ def test_report_command_re_renders_the_report_from_results_json(demo_run):
     assert (out / "methods.png").exists()
     assert f"{results['federated_factory']['accuracy']:.2%}" in report
     assert f"{results['fedavg']['accuracy']:.2%}" in report
+
+
+def test_demo_flags_are_generated_from_the_config_dataclass():
+    """HfArgumentParser writes the flags from DemoConfig: defaults match, dashes and underscores both work,
+    0 / 'none' mean 'native' / 'skip', and default-on switches get a --no- form."""
+    from federated_factory.demo import DemoConfig, config_from_args, demo_argument_parser
+
+    parser = demo_argument_parser()
+    assert config_from_args(parser.parse_args([])) == DemoConfig()
+    config = config_from_args(parser.parse_args(
+        ["--samples-per-class", "7", "--fl_rounds", "3", "--image-size", "0", "--channels", "0", "--unlearn", "none",
+         "--no-progress", "--no-verify-unlearning", "--scaffold", "--flip", "hv"]))
+    assert (config.samples_per_class, config.fl_rounds) == (7, 3)
+    assert config.image_size is None and config.channels is None and config.unlearn is None
+    assert config.progress is False and config.verify_unlearning is False and config.scaffold is True
+    assert config.flip == "hv"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--flip", "diagonal"])
+    from federated_factory.errors import FederatedFactoryError
+
+    with pytest.raises(FederatedFactoryError, match="workers"):
+        DemoConfig(workers=0)
+
+
+def test_results_are_a_dataclass_whose_dict_is_results_json(demo_run):
+    from federated_factory.demo import DemoResults
+
+    out, results, _ = demo_run
+    typed = DemoResults.load(out)
+    assert typed.to_dict() == results  # results.json itself is written with sorted keys
+    assert list(typed.methods()) == ["federated_factory", "fedavg", "fedprox", "scaffold", "centralized"]
+    assert typed.fedprox["mu"] == results["config"]["fedprox_mu"]

@@ -1,0 +1,80 @@
+"""How the aggregator's classifier is trained: :class:`ClassifierConfig`, validated when it is built."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from federated_factory.classifier.models import DEFAULT_ARCH, parse_arch
+from federated_factory.errors import ClassifierError
+
+
+@dataclass
+class ClassifierConfig:
+    """How the aggregator's classifier is trained (also used by the baselines); validated on construction.
+
+    ``augment`` turns on random shifts of up to ``shift_px`` pixels (replicate padding + random crop, a new
+    offset per image); ``hflip``/``vflip`` add random flips and stay off by default (fine for blood cells,
+    wrong for digits). ``val_fraction`` of the *training* data (stratified by class) is held out to pick the
+    best epoch; 0 keeps the last epoch. Optimiser: AdamW with linear warm-up over ``warmup_fraction`` of the
+    steps, then cosine decay (:func:`federated_factory.schedules.warmup_cosine`).
+
+    ``channels_last`` trains in NHWC memory layout, which suits conv nets on CPU; the returned model is
+    converted back to the default layout. ``precision``: "fp32", "bf16" (autocast for the training forward
+    pass; weights, optimizer and evaluation stay float32) or "auto" = bf16 where the device computes it
+    natively (CPUs with AMX or AVX512-BF16, CUDA GPUs that support it), else fp32. ``num_threads``: torch CPU
+    threads while training (restored afterwards); 0 leaves torch's setting. The default, 1, makes the
+    bit-identical result independent of the machine's core count and avoids OpenMP stalls when other
+    processes share the cores. benchmarks/README.md has the measured speed of each of these settings.
+    ``init_from``: fine-tune from a folder or Hub repo (``"org/name"`` or ``"org/name@sha"``) written by
+    :func:`~federated_factory.classifier.save_classifier`.
+    """
+
+    arch: str = DEFAULT_ARCH
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    augment: bool = True
+    shift_px: int = 2
+    hflip: bool = False
+    vflip: bool = False
+    val_fraction: float = 0.1
+    warmup_fraction: float = 0.1
+    channels_last: bool = True
+    precision: str = "auto"
+    num_threads: int = 1
+    seed: int = 0
+    init_from: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ClassifierError(
+                f"ClassifierConfig: epochs ({self.epochs}) and batch_size ({self.batch_size}) must be >= 1"
+            )
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ClassifierError(f"ClassifierConfig.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ClassifierError(f"ClassifierConfig.precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
+        if self.num_threads < 0:
+            raise ClassifierError(
+                f"ClassifierConfig.num_threads must be >= 0 (0 = leave torch's setting), got {self.num_threads}"
+            )
+        if self.shift_px < 0:
+            raise ClassifierError(f"ClassifierConfig.shift_px must be >= 0, got {self.shift_px}")
+        parse_arch(self.arch)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-serialisable (what manifests and saved classifiers record)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClassifierConfig:
+        """The config :meth:`to_dict` wrote; an unknown field is an error naming it, a missing one its default."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ClassifierError(f"ClassifierConfig: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
