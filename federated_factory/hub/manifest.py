@@ -46,9 +46,10 @@ import yaml
 from ..atomic import atomic_writer
 from ..errors import ManifestError
 from ..pipeline import SAMPLERS
+from .ids import COMMIT_SHA_RE, SHA256_RE
 
-SHA_RE = re.compile(r"^[0-9a-f]{40}$")
-DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+SHA_RE = COMMIT_SHA_RE  # the one commit-id pattern, shared with the endpoint
+DIGEST_RE = SHA256_RE
 REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
