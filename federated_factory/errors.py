@@ -31,3 +31,7 @@ class UnlearningError(FederatedFactoryError, ValueError):
 
 class HubEndpointError(FederatedFactoryError):
     """The Hub-compatible endpoint cannot be started or configured."""
+
+
+class PublishError(FederatedFactoryError):
+    """Publishing to the Hub is refused before anything is written (token, endpoint or repo visibility)."""
