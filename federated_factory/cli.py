@@ -94,7 +94,9 @@ def run_train_client(args) -> int:
                                      output_dir=args.output_dir, allow_copies=args.allow_copies,
                                      publish=not args.no_publish)
     audit = metadata["privacy_audit"]
-    print(f"privacy audit: copy rate {audit['copy_rate']:.2%} (limit {audit['max_copy_rate']:.0%})")
+    verdict = "passed" if audit["passed"] else "FAILED (published with --allow-copies)" if published else "FAILED"
+    print(f"privacy audit {verdict}: worst class {audit['worst_class']!r} copy rate {audit['worst_copy_rate']:.2%} "
+          f"(limit {audit['max_copy_rate']:.0%} per class; pooled {audit['copy_rate']:.2%})")
     if published:
         print(f"published {published}")
         print("add to the manifest's factories:")

@@ -47,6 +47,10 @@ SAMPLERS: dict[str, tuple[type, dict]] = {
 }
 
 
+#: The sampler a published factory carries (`FactoryPipeline.with_sampler`), and the audit's and sample grid's default.
+DEFAULT_SAMPLER = "dpm++"
+
+
 def make_scheduler(sampler: str, base_config) -> object:
     """A scheduler for ``sampler`` ("ddpm", "ddim" or "dpm++") sharing ``base_config``'s noise schedule."""
     if sampler not in SAMPLERS:
@@ -98,6 +102,19 @@ class FactoryPipeline(DiffusionPipeline):
             if isinstance(component, torch.nn.Module):
                 _own_weights(component)
         return pipeline
+
+    def with_sampler(self, sampler: str) -> FactoryPipeline:
+        """A pipeline sharing this one's `unet` with a new ``sampler`` scheduler (see `SAMPLERS`); ``self`` is unchanged.
+
+        The new scheduler is derived from this pipeline's scheduler config, so it keeps the noise schedule the
+        factory was trained with.
+        """
+        return type(self)(
+            unet=self.unet,
+            scheduler=make_scheduler(sampler, self.scheduler.config),
+            class_names=self.class_names,
+            null_class=self.config.null_class,
+        )
 
     @property
     def class_names(self) -> list[str]:

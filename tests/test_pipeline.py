@@ -10,7 +10,9 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 
-from federated_factory.client import build_scheduler, build_unet, prepare_client_data, preset, train_factory
+from federated_factory.client_data import prepare_client_data
+from federated_factory.factory_config import build_scheduler, build_unet, preset
+from federated_factory.factory_training import train_factory
 from federated_factory.data import load_image_dataset
 from federated_factory.errors import FactoryError
 from federated_factory.pipeline import SAMPLERS, FactoryPipeline, make_scheduler
