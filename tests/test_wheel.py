@@ -40,6 +40,8 @@ def run(args, *, cwd, env=None) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """A fresh venv with the project's wheel installed; returns (python, console script, environment)."""
+    # the wheel is built offline with this environment's setuptools (>= 70.1 builds wheels itself; torch requires 77+)
+    pytest.importorskip("setuptools", minversion="70.1")
     tmp = tmp_path_factory.mktemp("wheel")
     source = tmp / "source"
     shutil.copytree(ROOT / "federated_factory", source / "federated_factory",
