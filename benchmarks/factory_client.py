@@ -64,8 +64,10 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from federated_factory.client import preset, prepare_client_data, train_factory
+    from federated_factory.client_data import prepare_client_data
     from federated_factory.data import load_image_dataset
+    from federated_factory.factory_config import preset
+    from federated_factory.factory_training import train_factory
     from federated_factory.pipeline import SAMPLERS, make_scheduler
 
     train = load_image_dataset(args.data, split="train", image_size=32, channels=3)

@@ -221,19 +221,24 @@ def _evaluate(model, manifest: Manifest, trained_classes, output_dir: Path, eval
 
 
 def publish_outputs(manifest: Manifest, dataset, summary: dict, output_dir: Path, *, token=None) -> dict:
-    """Publish the synthetic dataset (if asked) and the classifier, each to a private repo in ONE commit.
+    """Publish the synthetic dataset (if asked) and the classifier, each in ONE commit through `publish_folder`.
 
     ``summary`` is the aggregation's `results.json` content (plus ``unlearning`` after an unlearning);
-    the classifier is read from ``output_dir/classifier``.
+    the classifier is read from ``output_dir/classifier``. The repos are private unless the manifest's
+    ``publish.private`` is false; `publish_folder` checks the token and refuses an existing public repo
+    when private is asked, before anything is written (`PublishError`).
     """
-    from huggingface_hub import HfApi
-
     from .hub.cards import render_card
+    from .hub.publish import check_can_publish, publish_folder
 
-    api = HfApi(token=token)
     private = bool(manifest.publish.get("private", True))
     published = {}
     dataset_repo = manifest.publish.get("dataset_repo")
+    classifier_repo = manifest.publish.get("classifier_repo")
+    # both repos are checked before either is written, so a refusal leaves both unchanged
+    for repo, repo_type in ((dataset_repo, "dataset"), (classifier_repo, "model")):
+        if repo:
+            check_can_publish(repo, repo_type=repo_type, token=token, private=private)
     if dataset_repo:
         with tempfile.TemporaryDirectory(prefix="synthetic-") as tmp:
             folder = Path(tmp)
@@ -246,11 +251,9 @@ def publish_outputs(manifest: Manifest, dataset, summary: dict, output_dir: Path
             card = render_card("synthetic_dataset.md", repo_id=dataset_repo, manifest=manifest.to_dict(),
                                manifest_hash=manifest.content_hash(), plan=summary["plan"], counts=counts)
             (folder / "README.md").write_text(card)
-            api.create_repo(dataset_repo, repo_type="dataset", private=private, exist_ok=True)
-            commit = api.upload_folder(repo_id=dataset_repo, repo_type="dataset", folder_path=folder,
-                                       commit_message=f"Synthetic dataset for manifest {manifest.content_hash()[:12]}")
-        published["dataset"] = {"repo": dataset_repo, "revision": commit.oid}
-    classifier_repo = manifest.publish.get("classifier_repo")
+            revision = publish_folder(folder, dataset_repo, repo_type="dataset", token=token, private=private,
+                                      commit_message=f"Synthetic dataset for manifest {manifest.content_hash()[:12]}")
+        published["dataset"] = {"repo": dataset_repo, "revision": revision}
     if classifier_repo:
         with tempfile.TemporaryDirectory(prefix="classifier-") as tmp:
             folder = Path(tmp)
@@ -264,8 +267,7 @@ def publish_outputs(manifest: Manifest, dataset, summary: dict, output_dir: Path
                                manifest_hash=manifest.content_hash(), summary=summary,
                                dataset=published.get("dataset"), unlearning=summary.get("unlearning"))
             (folder / "README.md").write_text(card)
-            api.create_repo(classifier_repo, private=private, exist_ok=True)
-            commit = api.upload_folder(repo_id=classifier_repo, folder_path=folder,
-                                       commit_message=f"Classifier for manifest {manifest.content_hash()[:12]}")
-        published["classifier"] = {"repo": classifier_repo, "revision": commit.oid}
+            revision = publish_folder(folder, classifier_repo, token=token, private=private,
+                                      commit_message=f"Classifier for manifest {manifest.content_hash()[:12]}")
+        published["classifier"] = {"repo": classifier_repo, "revision": revision}
     return published

@@ -93,6 +93,7 @@ def run_train_client(args) -> int:
     _apply_endpoint(args)
     from .client import preset, run_client
     from .data import load_image_dataset
+    from .tensors import image_channels
 
     overrides = {"seed": args.seed}
     for key in ("train_steps", "flip"):
@@ -101,7 +102,7 @@ def run_train_client(args) -> int:
     dataset = load_image_dataset(args.data, split=args.split, image_size=args.image_size, channels=args.channels)
     first = dataset[0]["image"]
     overrides.setdefault("image_size", first.size[0])
-    overrides.setdefault("channels", 1 if first.mode == "L" else 3)
+    overrides.setdefault("channels", image_channels(first))
     config = preset(args.preset, **overrides)
     if args.partition:
         from .partition import partition_dataset
@@ -115,7 +116,9 @@ def run_train_client(args) -> int:
                                      output_dir=args.output_dir, allow_copies=args.allow_copies,
                                      publish=not args.no_publish)
     audit = metadata["privacy_audit"]
-    print(f"privacy audit: copy rate {audit['copy_rate']:.2%} (limit {audit['max_copy_rate']:.0%})")
+    verdict = "passed" if audit["passed"] else "FAILED (published with --allow-copies)" if published else "FAILED"
+    print(f"privacy audit {verdict}: worst class {audit['worst_class']!r} copy rate {audit['worst_copy_rate']:.2%} "
+          f"(limit {audit['max_copy_rate']:.0%} per class; pooled {audit['copy_rate']:.2%})")
     if published:
         print(f"published {published}")
         print("add to the manifest's factories:")

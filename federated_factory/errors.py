@@ -51,3 +51,7 @@ class PlotError(FederatedFactoryError, ValueError):
 
 class ReportError(FederatedFactoryError, ValueError):
     """A report cannot be rendered (no ``results.json`` in the folder given)."""
+
+
+class PublishError(FederatedFactoryError):
+    """Publishing to the Hub is refused before anything is written (token, endpoint or repo visibility)."""

@@ -5,13 +5,23 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .errors import DataError
+
+#: PIL modes with one channel (grey levels, bilevel, 32-bit integer or float): read as 1 channel, others as RGB.
+SINGLE_CHANNEL_MODES = ("L", "1", "I", "I;16", "F")
+
+
+def image_channels(image) -> int:
+    """1 for a single-channel PIL image (`SINGLE_CHANNEL_MODES`), 3 otherwise."""
+    return 1 if image.mode in SINGLE_CHANNEL_MODES else 3
+
 
 def images_to_uint8(images, channels: int) -> np.ndarray:
     """Stack PIL images (all the same size) into a ``uint8`` array of shape N×C×H×W."""
     mode = "L" if channels == 1 else "RGB"
     arrays = [np.asarray(img.convert(mode) if img.mode != mode else img, dtype=np.uint8) for img in images]
     if not arrays:
-        raise ValueError("images_to_uint8 got no images")
+        raise DataError("images_to_uint8 got no images")
     stacked = np.stack(arrays)
     if stacked.ndim == 3:
         stacked = stacked[:, None]
@@ -23,11 +33,11 @@ def images_to_uint8(images, channels: int) -> np.ndarray:
 def dataset_to_tensors(dataset, channels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``datasets.Dataset(image, label)`` → (float32 images in [0, 1], N×C×H×W; int64 labels).
 
-    ``channels`` defaults to 1 for grayscale ("L") images and 3 otherwise, judged from the first image.
+    ``channels`` defaults to `image_channels` of the first image.
     """
     images = dataset["image"]
     if channels is None:
-        channels = 1 if images[0].mode in ("L", "1", "I", "I;16", "F") else 3
+        channels = image_channels(images[0])
     x = torch.from_numpy(images_to_uint8(images, channels)).float().div_(255.0)
     y = torch.as_tensor(np.asarray(dataset["label"], dtype=np.int64))
     return x, y

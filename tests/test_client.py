@@ -12,27 +12,20 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 from huggingface_hub import ModelCard, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 from PIL import Image
 
-import federated_factory.client as client
-from federated_factory.client import (
-    ClientData,
-    audit_privacy,
-    build_scheduler,
-    build_unet,
-    dataset_fingerprint,
-    factory_metadata,
-    prepare_client_data,
-    preset,
-    publish_factory,
-    run_client,
-    train_factory,
-)
+import federated_factory.factory_training as factory_training
+from federated_factory.client import factory_metadata, publish_factory, run_client, sample_grid
+from federated_factory.client_data import ClientData, dataset_fingerprint, prepare_client_data
 from federated_factory.data import load_image_dataset
-from federated_factory.errors import FactoryError, PrivacyAuditError
-from federated_factory.pipeline import FactoryPipeline
+from federated_factory.errors import FactoryError, PrivacyAuditError, PublishError
+from federated_factory.factory_config import build_scheduler, build_unet, preset
+from federated_factory.factory_training import train_factory
+from federated_factory.privacy import audit_privacy
+from federated_factory.pipeline import DEFAULT_SAMPLER, FactoryPipeline, make_scheduler
 
 DIGITS = ["2", "5", "8"]
 WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -146,7 +139,7 @@ def test_resuming_from_a_checkpoint_matches_an_uninterrupted_run(mnist, tmp_path
     data = prepare_client_data(digits(mnist, ["0", "1"], 24), config)
     reference, reference_stats = train_factory(data, config, progress=False)
 
-    save = client._save_checkpoint
+    save = factory_training._save_checkpoint
 
     class Interrupted(Exception):
         pass
@@ -155,12 +148,12 @@ def test_resuming_from_a_checkpoint_matches_an_uninterrupted_run(mnist, tmp_path
         save(*args, **kwargs)
         raise Interrupted
 
-    monkeypatch.setattr(client, "_save_checkpoint", save_then_crash)
+    monkeypatch.setattr(factory_training, "_save_checkpoint", save_then_crash)
     with pytest.raises(Interrupted):
         train_factory(data, config, output_dir=tmp_path, progress=False)
     state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=True)
     assert state["step"] == 10 and len(state["losses"]) == 10
-    monkeypatch.setattr(client, "_save_checkpoint", save)
+    monkeypatch.setattr(factory_training, "_save_checkpoint", save)
 
     resumed, resumed_stats = train_factory(data, config, output_dir=tmp_path, progress=False)
     assert resumed_stats.loss_history == reference_stats.loss_history  # bit-for-bit, step by step
@@ -225,15 +218,15 @@ def test_publishing_without_a_write_token_is_refused_and_publishes_nothing(hub, 
     else:
         token, owner, match = "hf_not-a-valid-token", "alice", "rejected the token"
     repo_id = hub.repo_id(owner, "factory")
-    with pytest.raises(FactoryError, match=match) as err:
+    with pytest.raises(PublishError, match=match) as err:
         publish_factory(pipeline, metadata, repo_id, token=token)
     assert token not in str(err.value)
     with pytest.raises(RepositoryNotFoundError):  # asked with the owner's own token: the repo was never created
         hub.api(owner).repo_info(repo_id)
 
 
-# The unreachable-endpoint path (FactoryError naming the endpoint) is not tested: huggingface_hub fixes its
-# endpoint once per process, and this process's endpoint is the test Hub.
+# The unreachable-endpoint path is tested on the publish helper itself, in a child process (huggingface_hub fixes
+# its endpoint once per process): tests/test_publish.py::test_an_unreachable_endpoint_is_an_error_naming_it.
 
 
 # --------------------------------------------------------------------------- privacy audit
@@ -247,7 +240,7 @@ def test_normally_trained_factory_passes_the_audit(factory):
         assert row["reference"] == "held-out" and row["samples"] == 32 and row["threshold"] > 0
 
 
-def test_memorizing_factory_is_flagged_and_not_published(hub, mnist):
+def test_memorizing_factory_is_flagged_and_not_published(hub, mnist, hf_cache):
     """4 training images of one digit (6 more held out), 300 steps with a short EMA: the model reproduces them.
 
     Measured at this size (copy rate over 16-32 samples; limit 10%): 0.31 (this seed), 0.38, 0.38, 0.47, 0.63 at
@@ -261,6 +254,7 @@ def test_memorizing_factory_is_flagged_and_not_published(hub, mnist):
     audit = audit_privacy(pipeline, data, samples_per_class=32, seed=config.seed)
     assert audit["passed"] is False
     assert audit["copy_rate"] > audit["max_copy_rate"] == 0.1
+    assert audit["worst_class"] == "3" and audit["worst_copy_rate"] == audit["per_class"]["3"]["copy_rate"]
     assert audit["per_class"]["3"]["reference"] == "held-out"
 
     metadata = factory_metadata(data, config, stats, audit)
@@ -277,11 +271,16 @@ def test_memorizing_factory_is_flagged_and_not_published(hub, mnist):
         publish_factory(pipeline, metadata, existing, token=hub.token("alice"))
     assert [c.commit_id for c in api.list_repo_commits(existing)] == before
 
-    # an explicit override publishes, and the card says the audit failed
+    # an explicit override publishes, and factory.json and the card say the audit failed and was overridden
     forced = publish_factory(pipeline, metadata, new_repo, token=hub.token("alice"), allow_copies=True)
     card = ModelCard.load(new_repo, token=hub.token("alice"))
     assert forced.revision == api.repo_info(new_repo).sha
-    assert "FAILED - published with an explicit override" in card.content
+    assert "FAILED - published with an explicit override (--allow-copies)" in card.content
+    assert card.data.to_dict()["federated_factory"]["privacy_audit_allowed_copies"] is True
+    published_audit = json.loads(open(api.hf_hub_download(new_repo, "factory.json", revision=forced.revision,
+                                                          cache_dir=hf_cache)).read())["privacy_audit"]
+    assert published_audit["allowed_copies"] is True and published_audit["passed"] is False
+    assert published_audit["worst_class"] == "3" and metadata["privacy_audit"]["allowed_copies"] is False
 
 
 def test_audit_falls_back_to_leave_one_out_without_holdout():
@@ -338,7 +337,7 @@ def test_publishing_into_an_existing_public_repo_is_refused(hub, factory):
     repo_id = hub.repo_id("alice", "public")
     api.create_repo(repo_id, private=False)
     before = [c.commit_id for c in api.list_repo_commits(repo_id)]
-    with pytest.raises(FactoryError, match="is public"):
+    with pytest.raises(PublishError, match="is public"):
         publish_factory(pipeline, metadata, repo_id, token=hub.token("alice"), grid=gray(0))
     assert [c.commit_id for c in api.list_repo_commits(repo_id)] == before
     assert api.repo_info(repo_id).private is False
@@ -350,8 +349,31 @@ def test_pulled_factory_gives_identical_samples(hub, published, factory, hf_cach
                                cache_dir=hf_cache)
     pulled = FactoryPipeline.from_pretrained(folder, use_safetensors=True)
     assert pulled.class_names == DIGITS
-    pipeline.scheduler = pulled.scheduler.__class__.from_config(pulled.scheduler.config)
-    np.testing.assert_array_equal(sample(pipeline, ["2", "5", "8", "5"]), sample(pulled, ["2", "5", "8", "5"]))
+    assert type(pulled.scheduler) is DPMSolverMultistepScheduler
+    np.testing.assert_array_equal(sample(pipeline.with_sampler(DEFAULT_SAMPLER), ["2", "5", "8", "5"]),
+                                  sample(pulled, ["2", "5", "8", "5"]))
+
+
+def test_the_published_scheduler_is_the_default_sampler_whatever_ran_last(hub, factory, hf_cache):
+    data, config, pipeline, _, _, metadata = factory
+    trained_with = pipeline.scheduler
+    assert type(trained_with) is DDPMScheduler  # train_factory returns the scheduler the factory was trained with
+    audit_privacy(pipeline, data, samples_per_class=2, sampler="ddim", num_inference_steps=2)
+    sample_grid(pipeline, data.class_names, per_class=1, sampler="ddpm", num_inference_steps=2)
+    assert pipeline.scheduler is trained_with  # the audit and the grid sample on copies
+
+    last_run = pipeline.with_sampler("ddim")  # even a pipeline whose scheduler was swapped publishes the default
+    published = publish_factory(last_run, metadata, hub.repo_id("alice", "scheduler"), token=hub.token("alice"),
+                                grid=gray(0))
+    folder = snapshot_download(published.repo_id, revision=published.revision, token=hub.token("alice"),
+                               cache_dir=hf_cache)
+    pulled = FactoryPipeline.from_pretrained(folder, use_safetensors=True).scheduler
+    expected = make_scheduler(DEFAULT_SAMPLER, build_scheduler(config).config)
+    assert type(pulled) is type(expected) is DPMSolverMultistepScheduler
+    public = lambda cfg: json.loads(json.dumps({k: v for k, v in cfg.items() if not k.startswith("_")}))  # noqa: E731
+    assert public(pulled.config) == public(expected.config)
+    assert pulled.config.prediction_type == config.prediction_type and pulled.config.beta_schedule == config.beta_schedule
+    assert type(last_run.scheduler).__name__ == "DDIMScheduler"  # the caller's pipeline is left as it was
 
 
 def test_published_files_are_safetensors_weights_card_metadata_and_grid(hub, published):
@@ -416,6 +438,9 @@ def test_run_client_trains_audits_saves_locally_and_publishes_one_commit(hub, mn
     assert metadata["privacy_audit"]["passed"] is True
     local = tmp_path / "pipeline"
     assert (local / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    assert metadata["published_sampler"] == DEFAULT_SAMPLER
+    assert type(FactoryPipeline.from_pretrained(local, use_safetensors=True).scheduler) is DPMSolverMultistepScheduler
+    assert json.loads((tmp_path / "factory.json").read_text())["privacy_audit"]["allowed_copies"] is False
     assert (tmp_path / "factory.json").exists() and (tmp_path / "samples.png").exists()
 
     commits = hub.api("alice").list_repo_commits(repo_id)

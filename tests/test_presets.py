@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from federated_factory.client import PRESETS, build_unet, preset
+from federated_factory.factory_config import PRESETS, build_unet, preset
 from federated_factory.errors import FactoryError
 
 

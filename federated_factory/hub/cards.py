@@ -1,18 +1,21 @@
-"""Render model and dataset cards from the Jinja templates in the repository's `hub_cards/` folder."""
+"""Render model and dataset cards from the Jinja templates shipped in the package (`federated_factory/hub_cards/`).
+
+The templates are package data: they are inside the wheel, so an installed (not editable) package renders cards
+as well as a source checkout does. `jinja2.PackageLoader` finds them through the import system, never through
+the source tree.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jinja2
 
-CARDS_DIR = Path(__file__).resolve().parents[2] / "hub_cards"
+CARDS_PACKAGE = ("federated_factory", "hub_cards")
 
 
 def render_card(template: str, **context) -> str:
-    """Render ``hub_cards/<template>`` with ``context`` (undefined variables are errors, not blanks)."""
+    """Render ``federated_factory/hub_cards/<template>`` with ``context`` (undefined variables are errors, not blanks)."""
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(CARDS_DIR),
+        loader=jinja2.PackageLoader(*CARDS_PACKAGE),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
