@@ -92,8 +92,7 @@ def _apply_endpoint(args) -> None:
 def run_train_client(args) -> int:
     _apply_endpoint(args)
     from .client import preset, run_client
-    from .data import load_image_dataset
-    from .tensors import image_channels
+    from .data import channels_of_image, load_image_dataset
 
     overrides = {"seed": args.seed}
     for key in ("train_steps", "flip"):
@@ -102,7 +101,7 @@ def run_train_client(args) -> int:
     dataset = load_image_dataset(args.data, split=args.split, image_size=args.image_size, channels=args.channels)
     first = dataset[0]["image"]
     overrides.setdefault("image_size", first.size[0])
-    overrides.setdefault("channels", image_channels(first))
+    overrides.setdefault("channels", channels_of_image(first))
     config = preset(args.preset, **overrides)
     if args.partition:
         from .partition import partition_dataset

@@ -7,7 +7,6 @@ config and data: the seeds come from ``config.seed``, and a resumed run matches 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_writer
+from .augment import random_flips
 from .client_data import ClientData
 from .errors import FactoryError
 from .factory_config import FactoryConfig, build_scheduler, build_unet
+from .schedules import warmup_cosine
 
 
 @dataclass
@@ -31,33 +32,6 @@ class TrainStats:
     loss_history: list[float]
     images_per_second: float
     wall_seconds: float
-
-
-def _lr_lambda(config: FactoryConfig):
-    """Linear warm-up from ``1/warmup_steps`` (not from 0), then cosine decay to 0 at ``train_steps``.
-
-    Not `diffusers.optimization.get_scheduler("cosine")`: its warm-up starts at 0 (``step/warmup``), so the
-    first step would not train and every published factory's weights would change.
-    """
-
-    def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.train_steps - config.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def _augment(x: torch.Tensor, flip: str, generator: torch.Generator) -> torch.Tensor:
-    """Flip each image horizontally with probability 1/2 (``"h"``), and vertically too (``"hv"``)."""
-    if flip in ("h", "hv"):
-        mask = torch.rand(x.shape[0], generator=generator) < 0.5
-        x = torch.where(mask[:, None, None, None], x.flip(-1), x)
-    if flip == "hv":
-        mask = torch.rand(x.shape[0], generator=generator) < 0.5
-        x = torch.where(mask[:, None, None, None], x.flip(-2), x)
-    return x
 
 
 def train_factory(
@@ -98,7 +72,7 @@ def train_factory(
     ema.requires_grad_(False)
 
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, config.train_steps))
     unet, optimizer = accelerator.prepare(unet, optimizer)
     ema.to(device)
 
@@ -142,7 +116,7 @@ def train_factory(
     t0, seen = time.perf_counter(), 0
     for step in bar:
         idx = torch.randint(0, len(images), (config.batch_size,), generator=generator)
-        x0 = _augment(images[idx], config.flip, generator).to(device)
+        x0 = random_flips(images[idx], generator, horizontal=config.flip in ("h", "hv"), vertical=config.flip == "hv").to(device)
         y = labels[idx].to(device)
         if config.cfg_dropout > 0:
             drop = torch.rand(len(y), generator=generator).to(device) < config.cfg_dropout

@@ -8,14 +8,6 @@ import torch
 from .errors import DataError
 
 #: PIL modes with one channel (grey levels, bilevel, 32-bit integer or float): read as 1 channel, others as RGB.
-SINGLE_CHANNEL_MODES = ("L", "1", "I", "I;16", "F")
-
-
-def image_channels(image) -> int:
-    """1 for a single-channel PIL image (`SINGLE_CHANNEL_MODES`), 3 otherwise."""
-    return 1 if image.mode in SINGLE_CHANNEL_MODES else 3
-
-
 def images_to_uint8(images, channels: int) -> np.ndarray:
     """Stack PIL images (all the same size) into a ``uint8`` array of shape N×C×H×W."""
     mode = "L" if channels == 1 else "RGB"
@@ -33,11 +25,13 @@ def images_to_uint8(images, channels: int) -> np.ndarray:
 def dataset_to_tensors(dataset, channels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``datasets.Dataset(image, label)`` → (float32 images in [0, 1], N×C×H×W; int64 labels).
 
-    ``channels`` defaults to `image_channels` of the first image.
+    ``channels`` defaults to :func:`federated_factory.data.channels_of_image` of the first image.
     """
     images = dataset["image"]
     if channels is None:
-        channels = image_channels(images[0])
+        from .data import channels_of_image
+
+        channels = channels_of_image(images[0])
     x = torch.from_numpy(images_to_uint8(images, channels)).float().div_(255.0)
     y = torch.as_tensor(np.asarray(dataset["label"], dtype=np.int64))
     return x, y

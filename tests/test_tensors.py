@@ -7,12 +7,13 @@ import pytest
 from PIL import Image
 
 from federated_factory.errors import DataError
-from federated_factory.tensors import image_channels, images_to_uint8
+from federated_factory.data import channels_of_image
+from federated_factory.tensors import images_to_uint8
 
 
 @pytest.mark.parametrize("mode, channels", [("L", 1), ("1", 1), ("I", 1), ("F", 1), ("RGB", 3), ("RGBA", 3), ("P", 3)])
-def test_image_channels_reads_every_single_channel_mode_as_one_channel(mode, channels):
-    assert image_channels(Image.new(mode, (4, 4))) == channels
+def test_channels_of_image_reads_every_single_channel_mode_as_one_channel(mode, channels):
+    assert channels_of_image(Image.new(mode, (4, 4))) == channels
 
 
 def test_images_to_uint8_stacks_n_c_h_w_and_converts_modes():
