@@ -28,6 +28,7 @@ from .factory_config import FactoryConfig, preset
 from .factory_training import TrainStats, train_factory
 from .pipeline import DEFAULT_SAMPLER
 from .privacy import DEFAULT_SAMPLES_PER_CLASS, audit_privacy, require_passed
+from .tensors import samples_to_uint8
 
 __all__ = [
     "FACTORY_METADATA_FILE", "FactoryConfig", "PublishedFactory", "factory_metadata", "preset", "publish_factory",
@@ -85,7 +86,7 @@ def sample_grid(pipeline, class_names: list[str], per_class: int = 8, *, sampler
     for name in class_names:
         images = pipeline(name, num_images=per_class, num_inference_steps=num_inference_steps,
                           generator=generator, output_type="np").images
-        rows.append(np.round(images * 255).astype(np.uint8).transpose(0, 3, 1, 2))
+        rows.append(samples_to_uint8(images))
     return image_grid(rows, scale=3 if pipeline.unet.config.sample_size <= 32 else 1)
 
 

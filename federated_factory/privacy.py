@@ -28,6 +28,7 @@ import torch
 
 from .client_data import ClientData
 from .errors import FactoryError, PrivacyAuditError
+from .tensors import samples_to_uint8
 
 #: Orientations compared for each training flip setting ("v" = upside down, "hv" = both flips).
 FLIP_VARIANTS: dict[str, tuple[str, ...]] = {"none": ("none",), "h": ("none", "h"), "hv": ("none", "h", "v", "hv")}
@@ -125,7 +126,7 @@ def audit_privacy(
         holdout = data.holdout_images[data.holdout_labels == local_id]
         images = sampling(name, num_images=samples_per_class, num_inference_steps=num_inference_steps,
                           generator=generator, output_type="np").images
-        samples = np.round(images * 255).astype(np.uint8).transpose(0, 3, 1, 2)
+        samples = samples_to_uint8(images)
         d_samples = nearest_distances(samples, train, flip=flip)
         if len(holdout):
             d_reference = nearest_distances(holdout, train, flip=flip)

@@ -24,6 +24,7 @@ import numpy as np
 from .atomic import atomic_writer
 from .errors import ManifestError
 from .hub.manifest import FactoryEntry, Manifest, PrivacyPolicy, SynthesisConfig
+from .tensors import samples_to_uint8
 
 #: Files of a factory repo that are downloaded. Nothing else (no code, no pickles) is ever fetched.
 FACTORY_FILES = [
@@ -388,7 +389,7 @@ def synthesize(plan: SynthesisPlan, factories: list[PulledFactory], cache: Chunk
                 generator=generator,
                 output_type="np",
             ).images
-        cache.write(shard, k, np.round(out * 255).astype(np.uint8).transpose(0, 3, 1, 2))
+        cache.write(shard, k, samples_to_uint8(out))
         stats.chunks_generated += 1
         stats.images_generated += s.batch_size
         bar.update(s.batch_size)

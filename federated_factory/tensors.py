@@ -8,6 +8,12 @@ import torch
 from .errors import DataError
 
 #: PIL modes with one channel (grey levels, bilevel, 32-bit integer or float): read as 1 channel, others as RGB.
+def samples_to_uint8(images: np.ndarray) -> np.ndarray:
+    """A pipeline's ``output_type="np"`` samples (N×H×W×C floats in [0, 1]) as ``uint8`` N×C×H×W, rounded to
+    the nearest grey level: the one conversion used for synthetic chunks, audit samples and sample grids."""
+    return np.round(images * 255).astype(np.uint8).transpose(0, 3, 1, 2)
+
+
 def images_to_uint8(images, channels: int) -> np.ndarray:
     """Stack PIL images (all the same size) into a ``uint8`` array of shape N×C×H×W."""
     mode = "L" if channels == 1 else "RGB"
