@@ -50,7 +50,7 @@ class ErasurePlan:
     """What `erase_history` recorded and did; `verify_erasure` completes it after the new publication."""
 
     repos: list[PurgedRepo]
-    files: list[dict] = field(default_factory=list)  # every recorded file (repo, repo_type, path, sha256, size, lfs, revisions)
+    files: list[dict] = field(default_factory=list)  # repo, repo_type, path, sha256, size, lfs, revisions
     repo_records: list[dict] = field(default_factory=list)
 
 
@@ -110,6 +110,7 @@ def erase_history(repos: Sequence[PurgedRepo], *, message: str = "Erase supersed
     """
     from huggingface_hub import CommitOperationDelete
     from huggingface_hub.errors import RepositoryNotFoundError
+    from huggingface_hub.hf_api import RepoFile
 
     plan = ErasurePlan(list(repos))
     hasher = _Hasher()
@@ -138,12 +139,12 @@ def erase_history(repos: Sequence[PurgedRepo], *, message: str = "Erase supersed
             plan.repo_records.append({"repo": repo.repo_id, "repo_type": repo.repo_type, "existed": True,
                                       "revisions_superseded": commits,
                                       "refs_before": [f"{kind}:{name}@{target}" for kind, name, target in refs]})
-        for repo, record in zip([r for r in plan.repos], plan.repo_records):  # 2. erase
+        for repo, record in zip(plan.repos, plan.repo_records):  # 2. erase
             if not record["existed"]:
                 continue
             api = _api(repo)
             current = [f.path for f in api.list_repo_tree(repo.repo_id, repo_type=repo.repo_type, recursive=True)
-                       if f.__class__.__name__ == "RepoFile" and f.path != ".gitattributes"]
+                       if isinstance(f, RepoFile) and f.path != ".gitattributes"]
             if current:
                 api.create_commit(repo.repo_id, repo_type=repo.repo_type, commit_message=f"{message}: delete every file",
                                   operations=[CommitOperationDelete(p) for p in current])

@@ -80,8 +80,9 @@ def unlearn_network(
 
     plan = None
     if purge_history and publish:  # before republishing, so the new revisions' shas (which refer to each other) stay
-        plan = erase_history([PurgedRepo(h.expert_repo, "model", h.token or token) for h in remaining_hospitals
-                              if h.expert_repo] + ([PurgedRepo(federation_repo, "model", token)] if federation_repo else []),
+        repos = [PurgedRepo(h.expert_repo, "model", h.token or token) for h in remaining_hospitals if h.expert_repo]
+        repos += [PurgedRepo(federation_repo, "model", token)] if federation_repo else []
+        plan = erase_history(repos,
                              message=f"Erase history superseded by unlearning {removed.repo}@{removed.revision}")
 
     experts, refs = [], []
