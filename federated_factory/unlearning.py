@@ -15,7 +15,10 @@ was checked and what it found):
   rebuild is a deterministic function of the reduced manifest, which does not list the removed factory.
   A mismatch stops before publishing and raises `UnlearningError` unless ``publish_on_mismatch`` (recorded
   in the certificate and the card);
-- accuracy per class before and after, and wall time of the unlearning vs the full aggregation.
+- accuracy per class before and after, and wall time of the unlearning vs the full aggregation;
+- with ``purge_history``, the erasure of every superseded revision of the published repos (`hub.erase`): the
+  sha256, path, size and revisions of every erased file (``erasure.erased_files``) and what was checked through
+  the API afterwards (``erasure.checks``), with the limits of the erasure (``erasure.limits``).
 
 A class held only by the removed factory leaves the label space: the new classifier cannot predict it.
 """
@@ -30,6 +33,7 @@ import time
 from pathlib import Path
 
 from .errors import FederatedFactoryError, UnlearningError
+from .hub.erase import PurgedRepo, erase_history, verify_erasure
 from .hub.manifest import FactoryEntry, Manifest
 
 FROM_SCRATCH_WHAT = (
@@ -318,10 +322,22 @@ def unlearn(
 
     if accelerator.is_main_process:
         if publish and reduced.publish:
-            if purge_history:
-                purge_repos(reduced, token=token)
+            plan = erase_history(published_repos(reduced, token=token), message=_erase_message(record)) \
+                if purge_history else None
             summary = {**result.to_dict(), "unlearning": certificate}
             certificate["published"] = publish_outputs(reduced, _load_dataset(output_dir), summary, output_dir, token=token)
+            if plan is not None:  # the certificate and card of the new revision record what was erased
+                _record_erasure(certificate, verify_erasure(plan))
+                _write_certificate(output_dir, certificate)
+                if not certificate["erasure"]["verified"]:
+                    raise UnlearningError(_erasure_failure(certificate, output_dir))
+                certificate["published"] = publish_outputs(reduced, _load_dataset(output_dir), summary, output_dir,
+                                                           token=token)
+                again = verify_erasure(plan)  # the certificate commit must not bring anything back
+                if not again["verified"]:
+                    _record_erasure(certificate, again)
+                    _write_certificate(output_dir, certificate)
+                    raise UnlearningError(_erasure_failure(certificate, output_dir))
             _write_certificate(output_dir, certificate)
     accelerator.wait_for_everyone()
     return certificate or {}
@@ -359,15 +375,40 @@ def _compare_with_previous(certificate: dict, previous_output_dir, evaluation: d
         certificate["remaining_classes_mean_recall_after"] = sum(after[n] for n in kept) / len(kept)
 
 
-def purge_repos(manifest: Manifest, *, token: str | None = None) -> None:
-    """Delete and recreate the published classifier and dataset repos, so that no old revision (which
-    contained the removed factory's samples or influence) survives. The caller then publishes afresh."""
-    from huggingface_hub import HfApi
+ERASURE_WHAT = (
+    "every file of every superseded revision (every branch and tag) and every listed LFS file of the published "
+    "repos was recorded with its sha256 before the purge; after it and the new publication, no branch but main, no "
+    "tag, no superseded commit, no file of a reachable revision and no LFS listing of those repos offers a recorded "
+    "file whose content the new revisions do not hold (erasure.erased_sha256); the endpoint deleted those blobs "
+    "unless another repo holds identical content (see erasure.limits)"
+)
 
-    api = HfApi(token=token)
-    private = bool(manifest.publish.get("private", True))
-    for key, repo_type in (("dataset_repo", "dataset"), ("classifier_repo", "model")):
-        repo = manifest.publish.get(key)
-        if repo:
-            api.delete_repo(repo, repo_type=repo_type, missing_ok=True)
-            api.create_repo(repo, repo_type=repo_type, private=private, exist_ok=True)
+
+def published_repos(manifest: Manifest, *, token: str | None = None) -> list[PurgedRepo]:
+    """The repos an unlearning republishes (the manifest's dataset and classifier repos), for `erase_history`."""
+    return [PurgedRepo(manifest.publish[key], repo_type, token)
+            for key, repo_type in (("dataset_repo", "dataset"), ("classifier_repo", "model"))
+            if manifest.publish.get(key)]
+
+
+def _erase_message(record: dict) -> str:
+    removed = record["removed"]
+    return f"Erase history superseded by unlearning {removed['repo']}@{removed['revision']}"
+
+
+def _record_erasure(certificate: dict, erasure: dict) -> None:
+    """Put the erasure record and its summary check into ``certificate`` (replacing an earlier one)."""
+    certificate["erasure"] = erasure
+    certificate["history_purged"] = True
+    failed = [c["check"] for c in erasure["checks"] if c["result"] != "passed"]
+    result = (f"passed: {len(erasure['erased_sha256'])} distinct contents erased "
+              f"({len(erasure['erased_files'])} files, sha256 in erasure.erased_files)"
+              if not failed else f"FAILED: {', '.join(failed)}")
+    certificate["checks"] = [c for c in certificate["checks"] if c["check"] != "erasure"]
+    certificate["checks"].append({"check": "erasure", "what": ERASURE_WHAT, "result": result})
+
+
+def _erasure_failure(certificate: dict, output_dir: Path) -> str:
+    failed = [f"{c['check']}: {c['result']}" for c in certificate["erasure"]["checks"] if c["result"] != "passed"]
+    return ("the purge of the superseded history could not be verified (" + "; ".join(failed) + "); certificate: "
+            f"{output_dir / 'unlearning_certificate.json'}")

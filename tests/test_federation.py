@@ -362,8 +362,49 @@ def test_init_from_lineage_follows_the_chain_and_refuses_unknown_provenance(fede
 # ---- unlearning ----------------------------------------------------------------------------------------
 
 
+def _holders(root, secrets: dict[str, bytes], skip_sha256: set[str] = frozenset()) -> dict[str, list[str]]:
+    """Per name, the files under ``root`` whose path or content holds the secret's bytes or its sha256 (hex);
+    files whose own sha256 is in ``skip_sha256`` are not searched for the hex (only for the bytes)."""
+    import hashlib
+
+    digests = {name: hashlib.sha256(data).hexdigest() for name, data in secrets.items()}
+    found = {name: [] for name in secrets}
+    for folder, _, files in os.walk(root):
+        for file in files:
+            path = os.path.join(folder, file)
+            with open(path, "rb") as f:
+                data = f.read()
+            own = hashlib.sha256(data).hexdigest()
+            for name, secret in secrets.items():
+                hex_hit = own not in skip_sha256 and (digests[name] in path or digests[name].encode() in data)
+                if secret in data or hex_hit:
+                    found[name].append(os.path.relpath(path, root))
+    return found
+
+
 @pytest.fixture(scope="module")
-def unlearned(hub, federation, single_process_run, tmp_path_factory):
+def superseded(hub, single_process_run, federation):
+    """The previous classifier's weights and the previous dataset's parquet (its rows from C included), downloaded
+    before the unlearning, and proof that the endpoint's data directory holds them at that point."""
+    import pandas as pd
+    from huggingface_hub import hf_hub_download
+
+    result, _ = single_process_run
+    token = federation["token"]
+    classifier, dataset = result.published["classifier"], result.published["dataset"]
+    weights = Path(hf_hub_download(classifier["repo"], "model.safetensors", revision=classifier["revision"],
+                                   token=token)).read_bytes()
+    parquet_path = hf_hub_download(dataset["repo"], "data/train-00000-of-00001.parquet", repo_type="dataset",
+                                   revision=dataset["revision"], token=token)
+    assert federation["refs"]["C"].repo_id in set(pd.read_parquet(parquet_path)["source_repo"])
+    secrets = {"weights": weights, "parquet": Path(parquet_path).read_bytes()}
+    found = _holders(hub.data_dir, secrets)
+    assert found["weights"] and found["parquet"], found  # the scan sees them before the purge
+    return secrets
+
+
+@pytest.fixture(scope="module")
+def unlearned(hub, federation, single_process_run, superseded, tmp_path_factory):
     from federated_factory.unlearning import unlearn
 
     result, single_dir = single_process_run
@@ -400,7 +441,7 @@ def test_unlearning_reuses_cache_and_matches_a_from_scratch_aggregation_bit_for_
 def test_unlearning_certificate_says_what_each_check_established(unlearned):
     certificate, _ = unlearned
     checks = {c["check"]: c for c in certificate["checks"]}
-    assert list(checks) == ["manifest", "provenance", "init_from", "from_scratch"]
+    assert list(checks) == ["manifest", "provenance", "init_from", "from_scratch", "erasure"]
     assert checks["manifest"]["result"] == "passed"
     assert checks["provenance"]["result"] == f"0 of {certificate['examples_total']} rows"
     assert checks["init_from"]["result"].startswith("not used")
@@ -432,7 +473,9 @@ def test_purge_history_leaves_no_revision_that_references_the_removed_repo(hub, 
     for repo, repo_type in ((certificate["published"]["classifier"]["repo"], "model"),
                             (certificate["published"]["dataset"]["repo"], "dataset")):
         commits = api.list_repo_commits(repo, repo_type=repo_type)
-        assert len(commits) == 2  # the repo's initial commit and the one new revision
+        # the squashed, emptied history, the new revision and (classifier) the commit of the erasure certificate
+        assert len(commits) == (3 if repo_type == "model" else 2)
+        assert api.list_repo_files(repo, repo_type=repo_type, revision=commits[-1].commit_id) == [".gitattributes"]
         for commit in commits:
             files = api.list_repo_files(repo, repo_type=repo_type, revision=commit.commit_id)
             if "README.md" in files:
@@ -445,6 +488,55 @@ def test_purge_history_leaves_no_revision_that_references_the_removed_repo(hub, 
                     rows = pd.read_parquet(hf_hub_download(repo, name, repo_type=repo_type, revision=commit.commit_id,
                                                            token=token))
                     assert removed not in set(rows["source_repo"])
+
+
+def test_purge_history_erases_the_superseded_files_from_the_endpoint_s_disk(hub, unlearned, superseded, federation,
+                                                                          tmp_path):
+    """The certificate lists the sha256 of the old classifier weights and the old parquet (with C's rows); no file of
+    the endpoint's data directory holds their bytes or their sha256 (except the new certificate and card, which
+    list it by design); the checks ran through the API; the new revisions still download."""
+    import hashlib
+
+    import pandas as pd
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    certificate, out = unlearned
+    erasure = certificate["erasure"]
+    token = federation["token"]
+    digests = {name: hashlib.sha256(data).hexdigest() for name, data in superseded.items()}
+    assert set(digests.values()) <= set(erasure["erased_sha256"])
+    by_sha = {f["sha256"]: f for f in erasure["erased_files"]}
+    assert by_sha[digests["weights"]]["path"] == "model.safetensors" and by_sha[digests["weights"]]["lfs"]
+    assert by_sha[digests["parquet"]]["size"] == len(superseded["parquet"])
+    assert erasure["verified"] is True and {c["check"] for c in erasure["checks"]} == {
+        "refs", "superseded_revisions", "revisions", "lfs_listing"}
+    assert all(c["result"] == "passed" for c in erasure["checks"])
+    assert any("unlink" in limit for limit in erasure["limits"]) and any("shared" in limit for limit in erasure["limits"])
+    assert json.loads((out / "out" / "unlearning_certificate.json").read_text())["erasure"]["erased_sha256"] == \
+        erasure["erased_sha256"]
+
+    classifier, dataset = certificate["published"]["classifier"], certificate["published"]["dataset"]
+    card = Path(hf_hub_download(classifier["repo"], "README.md", revision=classifier["revision"], token=token))
+    published_certificate = Path(hf_hub_download(classifier["repo"], "unlearning_certificate.json",
+                                                 revision=classifier["revision"], token=token))
+    assert digests["weights"] in card.read_text() and "History erased (verified)" in card.read_text()
+    assert json.loads(published_certificate.read_text())["erasure"]["erased_sha256"] == erasure["erased_sha256"]
+    records = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (card, published_certificate)}
+    found = _holders(hub.data_dir, superseded, skip_sha256=records)
+    assert found == {"weights": [], "parquet": []}, found
+
+    api = HfApi(token=token)
+    assert all(r["revisions_superseded"] for r in erasure["repos"])
+    for record in erasure["repos"]:  # a superseded revision no longer resolves
+        with pytest.raises(RevisionNotFoundError):
+            api.repo_info(record["repo"], repo_type=record["repo_type"], revision=record["revisions_superseded"][0])
+    weights = hf_hub_download(classifier["repo"], "model.safetensors", revision=classifier["revision"], token=token,
+                              cache_dir=tmp_path / "fresh")
+    assert Path(weights).read_bytes() == (out / "out" / "classifier" / "model.safetensors").read_bytes()
+    rows = pd.read_parquet(hf_hub_download(dataset["repo"], "data/train-00000-of-00001.parquet", repo_type="dataset",
+                                           revision=dataset["revision"], token=token, cache_dir=tmp_path / "fresh"))
+    assert len(rows) == certificate["examples_total"] and federation["refs"]["C"].repo_id not in set(rows["source_repo"])
 
 
 def test_unlearning_an_unknown_or_last_factory_changes_nothing(federation, tmp_path):

@@ -8,6 +8,7 @@ is the product of the three experts.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -292,8 +293,36 @@ def test_expert_data_outside_the_label_space_is_refused(network, tmp_path):
 # ---- unlearning in network mode -------------------------------------------------------------------------
 
 
+def _holders(root, secret: bytes) -> list[str]:
+    """Files under ``root`` whose path or content holds ``secret`` or its sha256 (hex)."""
+    import hashlib
+
+    digest = hashlib.sha256(secret).hexdigest()
+    found = []
+    for folder, _, files in os.walk(root):
+        for file in files:
+            path = os.path.join(folder, file)
+            with open(path, "rb") as f:
+                data = f.read()
+            if secret in data or digest in path or digest.encode() in data:
+                found.append(os.path.relpath(path, root))
+    return found
+
+
 @pytest.fixture(scope="module")
-def network_unlearned(network, experts, combined, tmp_path_factory):
+def superseded_expert(hub, network, experts):
+    """Hospital A's expert weights before the unlearning (trained on C's synthetic images), seen on the endpoint's disk."""
+    from huggingface_hub import hf_hub_download
+
+    pub = experts["A"].published["expert"]
+    weights = Path(hf_hub_download(pub["repo"], "model.safetensors", revision=pub["revision"],
+                                   token=network["tokens"]["A"])).read_bytes()
+    assert _holders(hub.data_dir, weights)
+    return weights
+
+
+@pytest.fixture(scope="module")
+def network_unlearned(network, experts, combined, superseded_expert, tmp_path_factory):
     from federated_factory.network import unlearn_network
 
     out = tmp_path_factory.mktemp("network-unlearned")
@@ -340,12 +369,29 @@ def test_network_unlearning_republishes_without_superseded_revisions(hub, networ
     certificate, _ = network_unlearned
     api = HfApi(token=network["token"])
     for repo in ("net-alpha-org/expert", "net-beta-org/expert", "net-federation/federation-model"):
-        assert len(api.list_repo_commits(repo)) == 2  # the recreated repo's initial commit and the new revision
+        assert len(api.list_repo_commits(repo)) == 2  # the squashed, emptied history and the new revision
     model = ProductOfExperts.from_pretrained(certificate["federation_model"]["repo"],
                                              revision=certificate["federation_model"]["revision"],
                                              token=network["token"])
     assert model.label_names == ["0", "1", "2"] and len(model.experts) == 2
     assert certificate["accuracy_after"] is not None
+
+
+@pytest.mark.slow
+def test_network_purge_erases_the_superseded_expert_weights_from_the_endpoint_s_disk(hub, network, network_unlearned,
+                                                                                    superseded_expert):
+    import hashlib
+
+    certificate, out = network_unlearned
+    erasure = certificate["erasure"]
+    digest = hashlib.sha256(superseded_expert).hexdigest()
+    assert digest in erasure["erased_sha256"]
+    assert {(f["repo"], f["path"]) for f in erasure["erased_files"] if f["sha256"] == digest} == {
+        ("net-alpha-org/expert", "model.safetensors")}
+    assert erasure["verified"] is True and all(c["result"] == "passed" for c in erasure["checks"])
+    assert json.loads((out / "unlearning_certificate.json").read_text())["erasure"]["erased_sha256"] == \
+        erasure["erased_sha256"]
+    assert _holders(hub.data_dir, superseded_expert) == []
 
 
 # ---- command line pieces ----------------------------------------------------------------------------------

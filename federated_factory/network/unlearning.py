@@ -10,8 +10,8 @@ more images from the other holders: only those new chunks are generated), and co
 The certificate, per rebuilt expert: rows whose provenance is the removed factory (must be 0), the
 provenance repos, chunks regenerated, and the sha256 of its weights, optionally compared with a
 from-scratch rebuild (empty cache, same inputs); for the federation: the dropped expert, the manifest
-hashes before and after, and whether the published repos were purged (recreated, so no superseded revision
-survives on the endpoint).
+hashes before and after, and, with ``purge_history``, the erasure of every superseded revision of the republished
+repos (`hub.erase`: the sha256 of every erased file and what was checked afterwards).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write_json
 from ..errors import UnlearningError
+from ..hub.erase import PurgedRepo, erase_history, verify_erasure
 from ..hub.manifest import Manifest
 from .expert import Hospital, read_provenance, train_expert
 
@@ -50,8 +51,10 @@ def unlearn_network(
     repo is dropped, every other one is retrained against the reduced manifest (its data restricted to the
     reduced label space) with the shared chunk cache ``cache_dir``. ``token`` reads the factories and
     publishes the federation model to ``federation_repo``; each hospital publishes its expert with its own
-    token (``hospital.token``, else ``token``). ``purge_history`` deletes and recreates every republished repo
-    first, so no revision trained on the removed factory's images survives.
+    token (``hospital.token``, else ``token``). ``purge_history`` erases every superseded revision of the
+    republished repos (`hub.erase.erase_history` before retraining, `verify_erasure` after publishing) and records
+    the erased files' sha256 in the certificate (``erasure``); a failed verification raises `UnlearningError`
+    after the certificate is written.
     """
     from ..synthesis import pull_factories
     from ..unlearning import reduced_manifest, removal_target
@@ -75,9 +78,12 @@ def unlearn_network(
     reduced.output_dir = str(output_dir)
     reduced.save(output_dir / "manifest.yaml")
 
-    if purge_history and publish:
-        _purge([(h.expert_repo, h.token or token) for h in remaining_hospitals if h.expert_repo]
-               + [(federation_repo, token)], private=bool(reduced.publish.get("private", True)))
+    plan = None
+    if purge_history and publish:  # before republishing, so the new revisions' shas (which refer to each other) stay
+        repos = [PurgedRepo(h.expert_repo, "model", h.token or token) for h in remaining_hospitals if h.expert_repo]
+        repos += [PurgedRepo(federation_repo, "model", token)] if federation_repo else []
+        plan = erase_history(repos,
+                             message=f"Erase history superseded by unlearning {removed.repo}@{removed.revision}")
 
     experts, refs = [], []
     for hospital in remaining_hospitals:
@@ -115,14 +121,20 @@ def unlearn_network(
         "federation_model": combined.published.get("federation_model") or str(combined.model_dir),
         "accuracy_after": ((combined.evaluation or {}).get("product") or {}).get("accuracy"),
         "per_class_recall_after": ((combined.evaluation or {}).get("product") or {}).get("per_class_recall"),
-        "history_purged": bool(purge_history and publish),
+        "history_purged": plan is not None,
         "unlearning_seconds": time.perf_counter() - t_start,
     }
+    if plan is not None:
+        certificate["erasure"] = verify_erasure(plan)
     if verify_from_scratch:
         _verify_from_scratch(certificate, reduced, remaining_hospitals, output_dir, token, accelerator, progress)
     else:
         certificate["from_scratch_check"] = "not run (verify_from_scratch=False)"
     atomic_write_json(output_dir / "unlearning_certificate.json", certificate)
+    if plan is not None and not certificate["erasure"]["verified"]:
+        failed = [f"{c['check']}: {c['result']}" for c in certificate["erasure"]["checks"] if c["result"] != "passed"]
+        raise UnlearningError("the purge of the superseded history could not be verified (" + "; ".join(failed)
+                              + f"); certificate: {output_dir / 'unlearning_certificate.json'}")
     return certificate
 
 
@@ -154,14 +166,3 @@ def _verify_from_scratch(certificate, reduced, hospitals, output_dir: Path, toke
     certificate["from_scratch_check"] = ("identical weights for every rebuilt expert (sha256 match)" if all(checks)
                                          else "MISMATCH")
     shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _purge(repos: list[tuple[str | None, str | None]], *, private: bool) -> None:
-    """Delete and recreate each repo (with its owner's token), so no superseded revision survives."""
-    from huggingface_hub import HfApi
-
-    for repo, token in repos:
-        if repo:
-            api = HfApi(token=token)
-            api.delete_repo(repo, missing_ok=True)
-            api.create_repo(repo, private=private, exist_ok=True)
