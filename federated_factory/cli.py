@@ -1,4 +1,4 @@
-"""`federated-factory` command line: demo | train-client | aggregate | unlearn | hub serve | hub gc | data summary | report.
+"""`federated-factory` command line: demo | train-client | aggregate | train-expert | combine | unlearn | hub serve | hub gc | data summary | report.
 
 Each sub-command's arguments are defined by an ``add_*_arguments`` function that the thin scripts in
 `recipes/` reuse, so `federated-factory aggregate ...` and `accelerate launch recipes/aggregate.py ...`
@@ -145,6 +145,12 @@ def _print_aggregation(result) -> None:
 
 
 def run_unlearn(args) -> int:
+    """``unlearn``: ``--mode server`` (default) rebuilds the aggregator's classifier; ``--mode network`` drops the
+    removed hospital's expert and rebuilds every other expert (`federated_factory.network.commands`)."""
+    if getattr(args, "mode", "server") == "network":
+        from .network.commands import run_unlearn_network
+
+        return run_unlearn_network(args)
     _apply_endpoint(args)
     from .hub.manifest import load_manifest
     from .unlearning import unlearn
@@ -181,8 +187,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_aggregate_arguments(p)
     p.set_defaults(func=run_aggregate)
 
+    from .network.commands import (add_combine_arguments, add_network_unlearn_arguments, add_train_expert_arguments,
+                                   run_combine, run_train_expert)
+
+    p = sub.add_parser("train-expert", help="network mode: one hospital's expert (own data + synthetic other classes)")
+    add_train_expert_arguments(p)
+    p.set_defaults(func=run_train_expert)
+
+    p = sub.add_parser("combine", help="network mode: experts → product-of-experts federation model → evaluation")
+    add_combine_arguments(p)
+    p.set_defaults(func=run_combine)
+
     p = sub.add_parser("unlearn", help="remove a factory from a manifest, rebuild and certify")
     add_unlearn_arguments(p)
+    p.add_argument("--mode", choices=("server", "network"), default="server",
+                   help="server: rebuild the aggregator's classifier (default); network: drop the hospital's expert "
+                        "and rebuild every other expert (needs --hospitals)")
+    add_network_unlearn_arguments(p)
     p.set_defaults(func=run_unlearn)
 
     p = sub.add_parser("report", help="re-render report.md and plots from a demo's results directory")
