@@ -100,8 +100,7 @@ def test_data_summary_is_a_real_sub_command_and_hub_serve_gets_its_own_options(c
 
 def test_network_sub_commands_parse_their_options():
     """train-expert, combine and unlearn --mode network are real sub-commands with the network module's options."""
-    from federated_factory.cli import build_parser, run_unlearn
-    from federated_factory.network.commands import run_combine, run_train_expert
+    from federated_factory.cli import build_parser, run_combine, run_train_expert, run_unlearn
 
     parser = build_parser()
     args = parser.parse_args(["train-expert", "--manifest", "m.yaml", "--data", "mnist-5k", "--partition", "silos",
@@ -121,6 +120,11 @@ def test_network_sub_commands_parse_their_options():
     assert (args.mode, args.hospitals, args.federation_repo) == ("network", "h.yaml", "net/federation-model")
     with pytest.raises(SystemExit):
         parser.parse_args(["unlearn", "--manifest", "m.yaml", "--remove", "a/factory", "--mode", "p2p"])
+    # Building the parser imports no HF library: --endpoint must be applied before huggingface_hub is imported.
+    probe = subprocess.run([sys.executable, "-c", "import sys; from federated_factory.cli import build_parser; "
+                            "build_parser(); print(sorted(m for m in ('huggingface_hub', 'torch', 'transformers') "
+                            "if m in sys.modules))"], capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0 and probe.stdout.strip() == "[]", probe.stdout + probe.stderr
 
 
 def test_network_sub_commands_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys):
