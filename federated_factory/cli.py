@@ -1,4 +1,4 @@
-"""`federated-factory` command line: demo | train-client | aggregate | unlearn | hub serve | hub gc | data summary | report.
+"""`federated-factory` command line: demo | train-client | aggregate | train-expert | combine | unlearn | hub serve | hub gc | data summary | report.
 
 Each sub-command's arguments are defined by an ``add_*_arguments`` function that the thin scripts in
 `recipes/` reuse, so `federated-factory aggregate ...` and `accelerate launch recipes/aggregate.py ...`
@@ -63,6 +63,49 @@ def add_unlearn_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--publish-despite-mismatch", action="store_true",
                         help="publish even if the from-scratch check finds different weights (recorded in the "
                              "certificate and the card); without it a mismatch stops before publishing, exit code 2")
+
+
+def add_train_expert_arguments(parser: argparse.ArgumentParser) -> None:
+    add_endpoint_arguments(parser)
+    parser.add_argument("--manifest", required=True, help="federation manifest (YAML)")
+    parser.add_argument("--data", required=True, help="this hospital's own images: mnist-5k, an imagefolder, a parquet "
+                                                      "or save_to_disk dir, or a Hub dataset id")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="resize to this size (default: the manifest's evaluation image_size, if any)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                        help="default: the manifest's evaluation channels, if any")
+    parser.add_argument("--partition", default=None, help="simulate a hospital: partition scheme (silos, dirichlet, ...)")
+    parser.add_argument("--client", type=int, default=None, help="with --partition: which client's share is this hospital")
+    parser.add_argument("--num-clients", type=int, default=None)
+    parser.add_argument("--partition-seed", type=int, default=0)
+    parser.add_argument("--repo", default=None, help="this hospital's private repo for the expert, e.g. hospital-a/expert")
+    parser.add_argument("--factory", default=None, help="this hospital's own factory repo in the manifest (recorded)")
+    parser.add_argument("--max-real-per-class", type=int, default=None,
+                        help="own real images per class (default: the manifest's samples_per_class; 0 = all)")
+    parser.add_argument("--output-dir", default=None, help="default: <manifest output_dir>-expert")
+    parser.add_argument("--cache-dir", default=None, help="synthetic chunk cache, shared with the aggregator "
+                                                          "(default: $FEDERATED_FACTORY_CACHE or ~/.cache/federated_factory)")
+    parser.add_argument("--no-publish", action="store_true", help="train only; do not push the expert")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def add_combine_arguments(parser: argparse.ArgumentParser) -> None:
+    add_endpoint_arguments(parser)
+    parser.add_argument("--manifest", required=True, help="the manifest every expert was trained against")
+    parser.add_argument("--experts", nargs="+", required=True, help="expert repos (org/name@sha) or local expert folders")
+    parser.add_argument("--repo", default=None, help="repo for the federation model, e.g. network/federation-model")
+    parser.add_argument("--floor", type=float, default=1e-6, help="probability floor of each expert (default 1e-6)")
+    parser.add_argument("--output-dir", default=None, help="default: <manifest output_dir>-network")
+    parser.add_argument("--no-evaluate", action="store_true", help="skip the evaluation on the manifest's test data")
+    parser.add_argument("--no-publish", action="store_true")
+
+
+def add_network_unlearn_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options ``unlearn --mode network`` adds to the server mode's ``unlearn`` options."""
+    parser.add_argument("--hospitals", default=None, help="with --mode network: YAML listing every hospital's data, "
+                                                          "factory, expert repo and token variable")
+    parser.add_argument("--federation-repo", default=None, help="with --mode network: repo of the federation model")
 
 
 def add_data_summary_arguments(parser: argparse.ArgumentParser) -> None:
@@ -146,8 +189,30 @@ def _print_aggregation(result) -> None:
     print(f"outputs in {result.output_dir}")
 
 
-def run_unlearn(args) -> int:
+def run_train_expert(args) -> int:
+    """``train-expert`` (network mode): see `federated_factory.network.commands.run_train_expert`."""
     _apply_endpoint(args)
+    from .network.commands import run_train_expert as run
+
+    return run(args)
+
+
+def run_combine(args) -> int:
+    """``combine`` (network mode): see `federated_factory.network.commands.run_combine`."""
+    _apply_endpoint(args)
+    from .network.commands import run_combine as run
+
+    return run(args)
+
+
+def run_unlearn(args) -> int:
+    """``unlearn``: ``--mode server`` (default) rebuilds the aggregator's classifier; ``--mode network`` drops the
+    removed hospital's expert and rebuilds every other expert (`federated_factory.network.commands`)."""
+    _apply_endpoint(args)
+    if getattr(args, "mode", "server") == "network":
+        from .network.commands import run_unlearn_network
+
+        return run_unlearn_network(args)
     from .hub.manifest import load_manifest
     from .unlearning import unlearn
 
@@ -183,8 +248,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_aggregate_arguments(p)
     p.set_defaults(func=run_aggregate)
 
+    p = sub.add_parser("train-expert", help="network mode: one hospital's expert (own data + synthetic other classes)")
+    add_train_expert_arguments(p)
+    p.set_defaults(func=run_train_expert)
+
+    p = sub.add_parser("combine", help="network mode: experts → product-of-experts federation model → evaluation")
+    add_combine_arguments(p)
+    p.set_defaults(func=run_combine)
+
     p = sub.add_parser("unlearn", help="remove a factory from a manifest, rebuild and certify")
     add_unlearn_arguments(p)
+    p.add_argument("--mode", choices=("server", "network"), default="server",
+                   help="server: rebuild the aggregator's classifier (default); network: drop the hospital's expert "
+                        "and rebuild every other expert (needs --hospitals)")
+    add_network_unlearn_arguments(p)
     p.set_defaults(func=run_unlearn)
 
     p = sub.add_parser("report", help="re-render report.md and plots from a demo's results directory")

@@ -14,9 +14,13 @@ One function per stage, each returning a typed result (all numbers land in `resu
    `accelerate`) → :class:`AggregationStage`;
 5. :func:`run_baselines`: FedAvg, FedProx (and SCAFFOLD) and a centralized model train on the same
    partitions with the same classifier → :class:`BaselinesStage`;
-6. :func:`unlearn_hospital`: one hospital is unlearned (manifest minus its repo, rebuilt from the cache,
-   verified from scratch) → its certificate;
-7. :func:`federated_factory.report.render_report`: `report.md` with plots, from :class:`DemoResults`.
+6. :func:`train_network_experts` (``--mode network`` or ``both``): the network-of-hospitals mode; every
+   hospital trains its own expert on its partition plus the synthetic images of the classes it lacks (the
+   aggregator's cached chunks), and the experts are combined into the product-of-experts federation model
+   → :class:`NetworkStage`;
+7. :func:`unlearn_hospital`: one hospital is unlearned (manifest minus its repo, rebuilt from the cache,
+   verified from scratch, superseded revisions purged) → its certificate;
+8. :func:`federated_factory.report.render_report`: `report.md` with plots, from :class:`DemoResults`.
 
 The options are one dataclass, :class:`DemoConfig`; transformers' ``HfArgumentParser`` turns its fields
 into the command's flags (``--samples-per-class``, ``--no-progress``, ...).
@@ -40,6 +44,9 @@ import numpy as np
 
 from .atomic import atomic_write_json
 from .errors import DemoError
+
+
+MODES = ("server", "network", "both")
 
 
 @dataclass
@@ -72,6 +79,12 @@ class DemoConfig:
     fedprox_mu: float = field(default=0.01, metadata={"help": "FedProx's proximal weight"})
     scaffold: bool = field(default=False, metadata={"help": "also run SCAFFOLD (same rounds and local epochs)"})
     scaffold_lr: float = field(default=0.05, metadata={"help": "SCAFFOLD's local SGD learning rate"})
+    mode: str = field(default="both", metadata={
+        "help": "server: the aggregator trains one classifier; network: every hospital trains an expert and the "
+                "federation predicts with their product; both (default): side by side"})
+    expert_epochs: int | None = field(default=8, metadata={
+        "help": "epochs of each hospital's expert in network mode, at most classifier_epochs (default 8, "
+                "to keep the default demo within 15 minutes on 2 cores; 0: classifier_epochs)"})
     unlearn: str | None = field(default="last", metadata={"help": "hospital index or 'last' to unlearn; 'none' to skip"})
     verify_unlearning: bool = field(default=True, metadata={"help": "rebuild the reduced manifest from scratch"})
     audit_samples_per_class: int = field(default=32, metadata={"help": "privacy-audit samples per class"})
@@ -89,6 +102,9 @@ class DemoConfig:
             self.unlearn = None
         if self.unlearn not in (None, "last") and not str(self.unlearn).isdigit():
             raise DemoError(f"DemoConfig.unlearn must be a hospital index, 'last' or 'none', got {self.unlearn!r}")
+        if self.mode not in MODES:
+            raise DemoError(f"DemoConfig.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        self.expert_epochs = self.expert_epochs or None
         if self.workers < 1:
             raise DemoError(f"DemoConfig.workers must be >= 1, got {self.workers}")
 
@@ -209,6 +225,16 @@ class AggregationStage:
 
 
 @dataclass
+class NetworkStage:
+    """Network mode: every hospital's expert and the product of experts (``results.json``'s ``network``)."""
+
+    network: Any  # federated_factory.network.NetworkResult
+    manifest: Any  # the manifest the experts were trained against (the aggregator's, expert epochs)
+    results: dict
+    seconds: float
+
+
+@dataclass
 class BaselinesStage:
     """Each baseline's results (test metrics, history, communication) and wall time."""
 
@@ -237,10 +263,17 @@ class DemoResults:
     scaffold: dict | None
     unlearning: dict | None
     timings: dict[str, float]
+    network: dict | None = None  # network mode (product of experts + per-expert rows); None when not run
 
     def methods(self) -> dict[str, dict]:
-        """The compared methods' results by results.json key, in report order (SCAFFOLD only when run)."""
-        rows = {"federated_factory": self.federated_factory, "fedavg": self.fedavg, "fedprox": self.fedprox}
+        """The compared methods' results by results.json key, in report order (a mode or SCAFFOLD only when
+        run)."""
+        rows = {}
+        if self.federated_factory is not None:
+            rows["federated_factory"] = self.federated_factory
+        if self.network is not None:
+            rows["network"] = self.network
+        rows.update({"fedavg": self.fedavg, "fedprox": self.fedprox})
         if self.scaffold is not None:
             rows["scaffold"] = self.scaffold
         rows["centralized"] = self.centralized
@@ -248,8 +281,9 @@ class DemoResults:
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        if out["scaffold"] is None:
-            del out["scaffold"]
+        for key in ("scaffold", "network"):
+            if out[key] is None:
+                del out[key]
         return out
 
     @classmethod
@@ -291,17 +325,21 @@ def prepare_data(config: DemoConfig, out: Path) -> DataStage:
                      channels=info["channels"], seconds=seconds)
 
 
-def register_identities(server, num_clients: int) -> Federation:
+def register_identities(server, num_clients: int, *, network: bool = False) -> Federation:
     """A user, token and organization per hospital (``hospital-00`` …) plus the aggregator's account, which
-    belongs to every hospital's organization so it can read the private factories."""
+    belongs to every hospital's organization so it can read the private factories. With ``network`` (network
+    mode) every hospital's user also belongs to every other hospital's organization: in that mode each
+    hospital pulls the other hospitals' factories."""
     fed = Federation(aggregator_token=f"hf_{secrets.token_hex(16)}")
     server.add_token(fed.aggregator_token, fed.aggregator_user, "write")
     for i in range(num_clients):
         name = f"hospital-{i:02d}"
         user, token = f"{name}-ml", f"hf_{secrets.token_hex(16)}"
         server.add_token(token, user, "write")
-        server.set_org(name, [user, fed.aggregator_user])
         fed.clients.append(HospitalIdentity(name=name, user=user, token=token, repo=f"{name}/factory"))
+    for client in fed.clients:
+        members = [c.user for c in fed.clients] if network else [client.user]
+        server.set_org(client.name, [client.user, *[m for m in members if m != client.user], fed.aggregator_user])
     return fed
 
 
@@ -324,11 +362,9 @@ def train_factories(config: DemoConfig, out: Path, server, fed: Federation, data
     return FactoriesStage(factory_config=factory_config, clients=clients, seconds=time.perf_counter() - t0)
 
 
-def aggregate_factories(config: DemoConfig, out: Path, fed: Federation, data: DataStage, factories: FactoriesStage,
-                        accelerator) -> AggregationStage:
-    """Write the manifest pinning every published factory, then run the aggregator on it (synthesis,
-    classifier, evaluation on the real test split, publication); draws real-vs-synthetic samples."""
-    from .aggregator import aggregate
+def build_manifest(config: DemoConfig, out: Path, fed: Federation, data: DataStage, factories: FactoriesStage):
+    """The manifest pinning every published factory (written to ``<out>/manifest.yaml``) and its classifier
+    config; shared by the server and the network mode."""
     from .classifier import ClassifierConfig
     from .hub.manifest import FactoryEntry, Manifest, SynthesisConfig
 
@@ -349,6 +385,16 @@ def aggregate_factories(config: DemoConfig, out: Path, fed: Federation, data: Da
                  "dataset_repo": f"{fed.aggregator_user}/synthetic-data", "private": True},
     )
     manifest.save(out / "manifest.yaml")
+    return manifest, classifier
+
+
+def aggregate_factories(config: DemoConfig, out: Path, fed: Federation, data: DataStage, factories: FactoriesStage,
+                        accelerator) -> AggregationStage:
+    """Write the manifest pinning every published factory, then run the aggregator on it (synthesis,
+    classifier, evaluation on the real test split, publication); draws real-vs-synthetic samples."""
+    from .aggregator import aggregate
+
+    manifest, classifier = build_manifest(config, out, fed, data, factories)
     t0 = time.perf_counter()
     aggregation = aggregate(manifest, token=fed.aggregator_token, accelerator=accelerator,
                             output_dir=out / "aggregate", cache_dir=out / "cache", progress=config.progress)
@@ -383,10 +429,58 @@ def run_baselines(config: DemoConfig, data: DataStage, classifier, accelerator) 
                           scaffold=scaffold, seconds=seconds)
 
 
+def train_network_experts(config: DemoConfig, out: Path, fed: Federation, data: DataStage, factories: FactoriesStage,
+                          manifest, accelerator) -> NetworkStage:
+    """Network mode: each hospital trains its expert on its own partition plus the synthetic images of the
+    classes it lacks, drawn from the chunk cache the aggregator filled (``<out>/cache``: after the server mode
+    nothing new is generated), publishes it to ``hospital-NN/expert`` with its own token; the aggregator's
+    account combines the experts into ``aggregator/federation-model`` and evaluates the product and every
+    expert on the real test split. The experts train for ``expert_epochs`` (at most ``classifier_epochs``)."""
+    from .hub.manifest import Manifest
+    from .network import Hospital, train_network
+
+    epochs = min(config.expert_epochs or config.classifier_epochs, config.classifier_epochs)
+    network_manifest = Manifest(**{**manifest.__dict__, "classifier": {**manifest.classifier, "epochs": epochs},
+                                   "output_dir": str(out / "network")})
+    hospitals = [Hospital(name=client.name, data=dataset, factory=client.repo, expert_repo=f"{client.name}/expert",
+                          token=client.token)
+                 for client, dataset in zip(fed.clients, data.client_sets)]
+    t0 = time.perf_counter()
+    network = train_network(network_manifest, hospitals, federation_repo=f"{fed.aggregator_user}/federation-model",
+                            cache_dir=out / "cache", token=fed.aggregator_token, output_dir=out / "network",
+                            accelerator=accelerator, progress=config.progress)
+    seconds = time.perf_counter() - t0
+    summary = network.summary()
+    product = (network.combined.evaluation or {}).get("product") or {}
+    expert_bytes = {name: _published_bytes(e.expert_dir) for name, e in network.experts.items()}
+    factory_bytes = {c.name: c.upload_bytes for c in factories.clients}
+    total_factories = sum(factory_bytes.values())
+    results = {
+        **{k: product.get(k) for k in ("accuracy", "macro_f1", "auroc", "per_class_recall", "confusion_matrix", "n")},
+        "experts": summary["experts"],
+        "federation_model": summary["federation_model"],
+        "manifest_hash": summary["manifest_hash"],
+        "expert_epochs": epochs,
+        "chunks_generated": sum(r["chunks_generated"] for r in summary["experts"]),
+        "communication": {
+            # each hospital uploads its factory and its expert, and downloads every other hospital's factory;
+            # the combiner downloads every expert
+            "per_client_upload_bytes": {n: factory_bytes[n] + expert_bytes[n] for n in factory_bytes},
+            "per_client_download_bytes": {n: total_factories - factory_bytes[n] for n in factory_bytes},
+            "total_bytes": total_factories + sum(expert_bytes.values())
+            + sum(total_factories - b for b in factory_bytes.values()) + sum(expert_bytes.values()),
+            "rounds": 1,
+        },
+        "seconds": seconds,
+    }
+    return NetworkStage(network=network, manifest=network_manifest, results=results, seconds=seconds)
+
+
 def unlearn_hospital(config: DemoConfig, out: Path, fed: Federation, factories: FactoriesStage,
                      aggregation: AggregationStage, accelerator) -> tuple[dict | None, float | None]:
-    """Remove one hospital (``config.unlearn``) from the federation; returns its certificate and the
-    wall time, or ``(None, None)`` when skipped (``unlearn=None`` or a single hospital)."""
+    """Remove one hospital (``config.unlearn``) from the federation (server mode; ``purge_history``, so no
+    superseded revision of the republished repos survives); returns its certificate and the wall time, or
+    ``(None, None)`` when skipped (``unlearn=None`` or a single hospital)."""
     clients = factories.clients
     if config.unlearn is None or len(clients) <= 1:
         return None, None
@@ -400,31 +494,25 @@ def unlearn_hospital(config: DemoConfig, out: Path, fed: Federation, factories: 
                           reason="demo: hospital leaves the federation", previous_output_dir=out / "aggregate",
                           output_dir=out / "unlearned", cache_dir=out / "cache", token=fed.aggregator_token,
                           accelerator=accelerator, verify_from_scratch=config.verify_unlearning,
-                          progress=config.progress)
+                          purge_history=True, progress=config.progress)
     return certificate, time.perf_counter() - t0
 
 
 def collect_results(config: DemoConfig, data: DataStage, fed: Federation, factories: FactoriesStage,
-                    aggregation: AggregationStage, baselines: BaselinesStage, unlearning: dict | None,
-                    timings: dict[str, float]) -> DemoResults:
-    """Assemble :class:`DemoResults` from the stages' results."""
+                    aggregation: AggregationStage | None, baselines: BaselinesStage, unlearning: dict | None,
+                    timings: dict[str, float], network: NetworkStage | None = None, manifest=None) -> DemoResults:
+    """Assemble :class:`DemoResults` from the stages' results (``aggregation`` is None in network mode alone,
+    ``network`` None in server mode alone; ``manifest`` is the demo's manifest, default the aggregation's)."""
     from .data import describe
 
-    agg = aggregation.aggregation
-    ff_eval = agg.evaluation or {}
     clients = [asdict(c) for c in factories.clients]
-    download_bytes = sum(c.upload_bytes for c in factories.clients)
-    return DemoResults(
-        config=config.to_dict(),
-        factory_config=factories.factory_config.to_dict(),
-        machine=_machine(),
-        dataset={"train": describe(data.train), "test": describe(data.test)},
-        partition={"scheme": data.partition.scheme, "num_clients": data.partition.num_clients,
-                   "counts": data.partition.counts(data.train).tolist(), "client_names": [c.name for c in fed.clients],
-                   "class_names": list(data.label_space), "table": data.table},
-        clients=clients,
-        manifest=agg.manifest.to_dict(),
-        federated_factory={
+    server_mode = None
+    if aggregation is not None:
+        agg = aggregation.aggregation
+        ff_eval = agg.evaluation or {}
+        download_bytes = sum(c.upload_bytes for c in factories.clients)
+        manifest = agg.manifest
+        server_mode = {
             **{k: ff_eval.get(k) for k in ("accuracy", "macro_f1", "auroc", "per_class_recall", "confusion_matrix", "n")},
             "synthesis": agg.synthesis,
             "training": agg.training,
@@ -437,13 +525,25 @@ def collect_results(config: DemoConfig, data: DataStage, fed: Federation, factor
                 "total_bytes": 2 * download_bytes,
                 "rounds": 1,
             },
-        },
+        }
+    return DemoResults(
+        config=config.to_dict(),
+        factory_config=factories.factory_config.to_dict(),
+        machine=_machine(),
+        dataset={"train": describe(data.train), "test": describe(data.test)},
+        partition={"scheme": data.partition.scheme, "num_clients": data.partition.num_clients,
+                   "counts": data.partition.counts(data.train).tolist(), "client_names": [c.name for c in fed.clients],
+                   "class_names": list(data.label_space), "table": data.table},
+        clients=clients,
+        manifest=manifest.to_dict(),
+        federated_factory=server_mode,
         centralized=baselines.centralized,
         fedavg=baselines.fedavg,
         fedprox=baselines.fedprox,
         scaffold=baselines.scaffold,
         unlearning=unlearning,
         timings=timings,
+        network=None if network is None else network.results,
     )
 
 
@@ -491,16 +591,30 @@ def _run_stages(config: DemoConfig, out: Path, server) -> DemoResults:
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     data = prepare_data(config, out)
-    fed = register_identities(server, data.partition.num_clients)
+    fed = register_identities(server, data.partition.num_clients, network=config.mode != "server")
     factories = train_factories(config, out, server, fed, data)
-    aggregation = aggregate_factories(config, out, fed, data, factories, accelerator)
-    baselines = run_baselines(config, data, aggregation.classifier, accelerator)
-    unlearning, unlearning_seconds = unlearn_hospital(config, out, fed, factories, aggregation, accelerator)
-    timings = {"data_seconds": data.seconds, "clients_seconds": factories.seconds,
-               "aggregation_seconds": aggregation.seconds, **baselines.seconds}
+    aggregation = network = None
+    if config.mode == "network":
+        manifest, classifier = build_manifest(config, out, fed, data, factories)
+    else:
+        aggregation = aggregate_factories(config, out, fed, data, factories, accelerator)
+        manifest, classifier = aggregation.aggregation.manifest, aggregation.classifier
+    if config.mode != "server":
+        network = train_network_experts(config, out, fed, data, factories, manifest, accelerator)
+    baselines = run_baselines(config, data, classifier, accelerator)
+    unlearning = unlearning_seconds = None
+    if aggregation is not None:  # server-mode unlearning: the aggregator's classifier
+        unlearning, unlearning_seconds = unlearn_hospital(config, out, fed, factories, aggregation, accelerator)
+    timings = {"data_seconds": data.seconds, "clients_seconds": factories.seconds}
+    if aggregation is not None:
+        timings["aggregation_seconds"] = aggregation.seconds
+    if network is not None:
+        timings["network_seconds"] = network.seconds
+    timings.update(baselines.seconds)
     if unlearning_seconds is not None:
         timings["unlearning_seconds"] = unlearning_seconds
-    return collect_results(config, data, fed, factories, aggregation, baselines, unlearning, timings)
+    return collect_results(config, data, fed, factories, aggregation, baselines, unlearning, timings,
+                           network=network, manifest=manifest)
 
 
 def _json_default(value):
@@ -610,15 +724,24 @@ def _machine() -> dict:
             "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+def _fmt(value) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
 def print_summary(results: DemoResults) -> None:
     """The final table on the terminal."""
-    labels = {"federated_factory": "FederatedFactory (synthetic only)", "fedavg": "FedAvg", "fedprox": "FedProx",
+    labels = {"federated_factory": "FederatedFactory (synthetic only)",
+              "network": "FederatedFactory (network, experts)", "fedavg": "FedAvg", "fedprox": "FedProx",
               "scaffold": "SCAFFOLD", "centralized": "Centralized (real data)"}
     central = results.centralized["accuracy"]
     print()
     print(f"{'method':36s} {'accuracy':>9s} {'macro-F1':>9s} {'AUROC':>7s} {'vs central':>11s}")
     for key, r in results.methods().items():
         print(f"{labels[key]:36s} {r['accuracy']:9.4f} {r['macro_f1']:9.4f} {r['auroc']:7.4f} {r['accuracy'] / central:10.1%}")
+    if results.network:
+        for row in results.network["experts"]:
+            print(f"  expert {row['hospital']} (own: {', '.join(row['own_classes'])}): own-validation accuracy "
+                  f"{_fmt(row['own_validation_accuracy'])}, test accuracy {_fmt(row['test_accuracy'])}")
     if results.unlearning:
         u = results.unlearning
         print(f"\nunlearned {u['removed']['repo']}: {u['examples_from_removed']} examples left from it, "
@@ -631,7 +754,10 @@ def print_summary(results: DemoResults) -> None:
 __all__ = [
     "DemoConfig",
     "DemoResults",
+    "MODES",
+    "NetworkStage",
     "aggregate_factories",
+    "build_manifest",
     "collect_results",
     "config_from_args",
     "demo_argument_parser",
@@ -641,5 +767,6 @@ __all__ = [
     "run_baselines",
     "run_demo",
     "train_factories",
+    "train_network_experts",
     "unlearn_hospital",
 ]

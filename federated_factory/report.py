@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     from .demo import DemoResults
 
 METHODS = [
-    ("federated_factory", "FederatedFactory"),
+    ("federated_factory", "FederatedFactory (server)"),
+    ("network", "FederatedFactory (network, product of experts)"),
     ("fedavg", "FedAvg"),
     ("fedprox", "FedProx"),
     ("scaffold", "SCAFFOLD"),  # only in runs made with --scaffold
@@ -26,8 +27,8 @@ def _mb(n: float) -> str:
 
 def _comm(results: DemoResults, key: str) -> tuple[float, float]:
     """(bytes uploaded per client on average, total bytes exchanged) for one method."""
-    if key == "federated_factory":
-        c = results.federated_factory["communication"]
+    if key in ("federated_factory", "network"):
+        c = results.methods()[key]["communication"]
         uploads = list(c["per_client_upload_bytes"].values())
         return sum(uploads) / len(uploads), c["total_bytes"]
     if key == "centralized":
@@ -72,7 +73,8 @@ def render_report(results_dir: str | Path) -> Path:
         "|---|---|---|---|---|---|---|---|",
     ]
     stage_time = {
-        "federated_factory": results.timings["clients_seconds"] + results.timings["aggregation_seconds"],
+        "federated_factory": results.timings["clients_seconds"] + results.timings.get("aggregation_seconds", 0.0),
+        "network": results.timings["clients_seconds"] + results.timings.get("network_seconds", 0.0),
         "fedavg": results.timings["fedavg_seconds"],
         "fedprox": results.timings["fedprox_seconds"],
         "scaffold": results.timings.get("scaffold_seconds", float("nan")),
@@ -85,20 +87,30 @@ def render_report(results_dir: str | Path) -> Path:
         total_s = "— (data pooled)" if total != total else _mb(total)
         lines.append(f"| {label} | {r['accuracy']:.2%} | {r['macro_f1']:.4f} | {r['auroc']:.4f} | "
                      f"{r['accuracy'] / central:.1%} | {up_s} | {total_s} | {stage_time[key]:.0f} s |")
+    ff = results.federated_factory
     lines += [
         "",
         "![methods](methods.png)",
         "",
-        f"FederatedFactory trained its classifier on synthetic data only "
-        f"({results.federated_factory['synthesis']['images_generated']} images generated at "
-        f"{results.federated_factory['synthesis']['images_per_second']:.0f} images/s, "
-        f"{results.federated_factory['synthesis']['network_evaluations_per_image']} network evaluations per image). "
-        f"FedAvg and FedProx (mu={results.fedprox['mu']}) ran {cfg['fl_rounds']} rounds of {cfg['fl_local_epochs']} local "
+        (f"FederatedFactory's server mode trained one classifier on synthetic data only "
+         f"({ff['synthesis']['images_generated']} images generated at "
+         f"{ff['synthesis']['images_per_second']:.0f} images/s, "
+         f"{ff['synthesis']['network_evaluations_per_image']} network evaluations per image). " if ff else "")
+        + (f"In network mode every hospital trained its own expert ({results.network['expert_epochs']} epochs) on its "
+           f"own images plus synthetic images of the classes it lacks ({results.network['chunks_generated']} new "
+           f"chunks generated{': the rest came from the aggregator' + chr(39) + 's cache' if ff else ''}); the federation "
+           f"predicts with their product. "
+           if results.network else "")
+        + f"FedAvg and FedProx (mu={results.fedprox['mu']}) ran {cfg['fl_rounds']} rounds of {cfg['fl_local_epochs']} local "
         f"epoch(s)"
         + (f" and so did SCAFFOLD (local SGD at lr {results.scaffold['local_lr']}, control variates)"
            if results.scaffold is not None else "")
         + "; their reported round was chosen on the clients' validation slices, never on the test set.",
         "",
+    ]
+    if results.network:
+        lines += _expert_table(results.network)
+    lines += [
         "## Partition",
         "",
         "![clients x classes](partition_heatmap.png)",
@@ -116,21 +128,19 @@ def render_report(results_dir: str | Path) -> Path:
         lines.append(f"| {c['name']} | `{c['repo']}@{c['revision'][:10]}` | {', '.join(c['classes'])} | "
                      f"{c['train_images_per_second']:.0f} | {c['train_seconds']:.0f} s | {c['privacy_copy_rate']:.1%} "
                      f"({'pass' if c['privacy_passed'] else 'FAIL'}) | {_mb(c['upload_bytes'])} |")
-    lines += [
-        "",
-        "Synthetic samples (one row per class, what the classifier was trained on):",
-        "",
-        "![synthetic](aggregate/synthetic_samples.png)",
-        "",
-    ]
+    lines.append("")
+    if (out / "aggregate" / "synthetic_samples.png").exists():
+        lines += ["Synthetic samples (one row per class, what the classifier was trained on):", "",
+                  "![synthetic](aggregate/synthetic_samples.png)", ""]
     if (out / "real_vs_synthetic.png").exists():
         lines += ["Real training images (left) next to synthetic ones (right), per class:", "",
                   "![real vs synthetic](real_vs_synthetic.png)", ""]
+    if (out / "aggregate" / "confusion_matrix.png").exists():
+        lines += ["## FederatedFactory confusion matrix (server mode)", "", "![confusion](aggregate/confusion_matrix.png)", ""]
+    if (out / "network" / "federation" / "confusion_matrix.png").exists():
+        lines += ["## Product of experts confusion matrix (network mode)", "",
+                  "![network confusion](network/federation/confusion_matrix.png)", ""]
     lines += [
-        "## FederatedFactory confusion matrix",
-        "",
-        "![confusion](aggregate/confusion_matrix.png)",
-        "",
         "## Wall time per stage",
         "",
         "| stage | seconds |",
@@ -162,6 +172,28 @@ def render_report(results_dir: str | Path) -> Path:
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def _expert_table(network: dict) -> list[str]:
+    """Network mode: each hospital's expert (own classes, own-validation and test accuracy) next to the product."""
+    lines = [
+        "## Network mode: experts and their product",
+        "",
+        f"Federation model: `{network['federation_model']}`. Own-validation accuracy is each expert's model-selection "
+        "split of its own real and synthetic rows; test accuracy is on the real test set, like the product's.",
+        "",
+        "| expert | own classes | own-validation accuracy | test accuracy | test macro-F1 |",
+        "|---|---|---|---|---|",
+    ]
+    for row in network["experts"]:
+        lines.append(f"| {row['hospital']} | {', '.join(row['own_classes'])} | {_pct(row['own_validation_accuracy'])} | "
+                     f"{_pct(row['test_accuracy'])} | {_num(row['test_macro_f1'])} |")
+    lines += [f"| **product of experts** | all | — | **{_pct(network['accuracy'])}** | {_num(network['macro_f1'])} |", ""]
+    return lines
+
+
+def _num(value) -> str:
+    return "—" if value is None else f"{value:.4f}"
 
 
 def _pct(value) -> str:

@@ -96,3 +96,55 @@ def test_data_summary_is_a_real_sub_command_and_hub_serve_gets_its_own_options(c
     with pytest.raises(SystemExit) as exit_info:  # other commands refuse options they do not know
         main(["report", "somewhere", "--bogus"])
     assert exit_info.value.code == 2
+
+
+def test_network_sub_commands_parse_their_options():
+    """train-expert, combine and unlearn --mode network are real sub-commands with the network module's options."""
+    from federated_factory.cli import build_parser, run_combine, run_train_expert, run_unlearn
+
+    parser = build_parser()
+    args = parser.parse_args(["train-expert", "--manifest", "m.yaml", "--data", "mnist-5k", "--partition", "silos",
+                              "--client", "2", "--repo", "hospital-c/expert", "--max-real-per-class", "0"])
+    assert args.func is run_train_expert
+    assert (args.manifest, args.data, args.partition, args.client, args.repo) == (
+        "m.yaml", "mnist-5k", "silos", 2, "hospital-c/expert")
+    assert args.max_real_per_class == 0 and args.no_publish is False
+    args = parser.parse_args(["combine", "--manifest", "m.yaml", "--experts", "a/expert@1", "b/expert@2",
+                              "--repo", "net/federation-model", "--floor", "1e-4"])
+    assert args.func is run_combine
+    assert args.experts == ["a/expert@1", "b/expert@2"] and args.floor == 1e-4
+    args = parser.parse_args(["unlearn", "--manifest", "m.yaml", "--remove", "a/factory"])
+    assert args.func is run_unlearn and args.mode == "server"
+    args = parser.parse_args(["unlearn", "--manifest", "m.yaml", "--remove", "a/factory", "--mode", "network",
+                              "--hospitals", "h.yaml", "--federation-repo", "net/federation-model"])
+    assert (args.mode, args.hospitals, args.federation_repo) == ("network", "h.yaml", "net/federation-model")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["unlearn", "--manifest", "m.yaml", "--remove", "a/factory", "--mode", "p2p"])
+    # Building the parser imports no HF library: --endpoint must be applied before huggingface_hub is imported.
+    probe = subprocess.run([sys.executable, "-c", "import sys; from federated_factory.cli import build_parser; "
+                            "build_parser(); print(sorted(m for m in ('huggingface_hub', 'torch', 'transformers') "
+                            "if m in sys.modules))"], capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0 and probe.stdout.strip() == "[]", probe.stdout + probe.stderr
+
+
+def test_network_sub_commands_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys):
+    """Each network command rejects bad input with one `error:` line naming the problem, before any compute."""
+    from federated_factory.cli import main
+
+    broken = tmp_path / "manifest.yaml"
+    broken.write_text("label_space: [a]\nfactories: []\n")
+    endpoint: list[str] = []  # in-process: huggingface_hub may already be imported with the test endpoint
+    assert main(["train-expert", "--manifest", str(broken), "--data", "mnist-5k", "--no-publish", *endpoint]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "no factories" in err
+
+    missing = tmp_path / "nowhere.yaml"
+    assert main(["combine", "--manifest", str(missing), "--experts", "a/expert@1", *endpoint]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "nowhere.yaml" in err
+
+    good = tmp_path / "good.yaml"
+    good.write_text("label_space: [a]\nfactories:\n  - repo: a/factory\n    revision: main\n")
+    assert main(["unlearn", "--mode", "network", "--manifest", str(good), "--remove", "a/factory", *endpoint]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "--hospitals" in err

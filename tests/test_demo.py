@@ -36,15 +36,20 @@ def test_demo_writes_every_report_artefact(demo_run):
     report = (out / "report.md").read_text()
     for picture in ("methods.png", "partition_heatmap.png", "aggregate/confusion_matrix.png", "unlearning_recall.png"):
         assert f"]({picture})" in report
-    for method in ("FederatedFactory", "FedAvg", "FedProx", "SCAFFOLD", "Centralized"):
+    for method in ("FederatedFactory (server)", "FederatedFactory (network, product of experts)", "FedAvg", "FedProx",
+                   "SCAFFOLD", "Centralized"):
         assert f"| {method} |" in report
+    assert "](network/federation/confusion_matrix.png)" in report
+    for client in results["clients"]:  # the per-expert table, next to the product's row
+        assert f"| {client['name']} | {', '.join(client['classes'])} |" in report
+    assert "| **product of experts** |" in report
     assert "vs central" in log  # the final summary table on the terminal
 
 
 def test_demo_numbers_are_derived_from_the_run(demo_run):
     out, results, _ = demo_run
     n_test = results["dataset"]["test"]["num_rows"]
-    for key in ("federated_factory", "fedavg", "fedprox", "scaffold", "centralized"):
+    for key in ("federated_factory", "network", "fedavg", "fedprox", "scaffold", "centralized"):
         cm = np.asarray(results[key]["confusion_matrix"])
         assert cm.sum() == n_test
         assert results[key]["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
@@ -71,6 +76,19 @@ def test_demo_numbers_are_derived_from_the_run(demo_run):
     assert unlearning["removed"]["repo"] == results["clients"][-1]["repo"]
     assert unlearning["examples_from_removed"] == 0
     assert unlearning["from_scratch"]["identical"] is True
+    # Network mode: one expert per hospital, each holding its own silo's class and synthesizing the others from
+    # the aggregator's cache (nothing new generated); every expert and the product evaluated on the test set.
+    network = results["network"]
+    assert [row["hospital"] for row in network["experts"]] == [c["name"] for c in results["clients"]]
+    label_space = results["partition"]["class_names"]
+    for row, client in zip(network["experts"], results["clients"]):
+        assert row["own_classes"] == client["classes"]
+        assert sorted(row["own_classes"] + row["synthetic_classes"]) == sorted(label_space)
+        assert 0.0 <= row["own_validation_accuracy"] <= 1.0 and 0.0 <= row["test_accuracy"] <= 1.0
+        assert row["expert"].startswith(f"{client['name']}/expert@")
+    assert network["chunks_generated"] == 0
+    assert network["n"] == n_test and network["expert_epochs"] == 1
+    assert network["federation_model"].startswith("aggregator/federation-model@")
     timings = results["timings"]
     assert all(v > 0 for v in timings.values())
     assert timings["total_seconds"] >= timings["clients_seconds"] + timings["aggregation_seconds"]
@@ -103,12 +121,16 @@ def test_demo_flags_are_generated_from_the_config_dataclass():
     assert config.image_size is None and config.channels is None and config.unlearn is None
     assert config.progress is False and config.verify_unlearning is False and config.scaffold is True
     assert config.flip == "hv"
+    assert DemoConfig().mode == "both"
+    assert config_from_args(parser.parse_args(["--mode", "network", "--expert-epochs", "0"])).expert_epochs is None
     with pytest.raises(SystemExit):
         parser.parse_args(["--flip", "diagonal"])
     from federated_factory.errors import FederatedFactoryError
 
     with pytest.raises(FederatedFactoryError, match="workers"):
         DemoConfig(workers=0)
+    with pytest.raises(FederatedFactoryError, match="mode"):
+        DemoConfig(mode="peer-to-peer")
 
 
 def test_results_are_a_dataclass_whose_dict_is_results_json(demo_run):
@@ -117,5 +139,5 @@ def test_results_are_a_dataclass_whose_dict_is_results_json(demo_run):
     out, results, _ = demo_run
     typed = DemoResults.load(out)
     assert typed.to_dict() == results  # results.json itself is written with sorted keys
-    assert list(typed.methods()) == ["federated_factory", "fedavg", "fedprox", "scaffold", "centralized"]
+    assert list(typed.methods()) == ["federated_factory", "network", "fedavg", "fedprox", "scaffold", "centralized"]
     assert typed.fedprox["mu"] == results["config"]["fedprox_mu"]

@@ -1,7 +1,7 @@
 """Command-line pieces of network mode: ``train-expert``, ``combine`` and ``unlearn --mode network``.
 
-Each has an ``add_*_arguments`` function (shared by `federated_factory.cli` and `recipes/train_expert.py`) and a
-``run_*`` function taking the parsed arguments. HF libraries are imported only after ``--endpoint`` is applied.
+Each has an ``add_*_arguments`` function (defined in `federated_factory.cli`, which imports no HF library, and
+re-exported here for `recipes/train_expert.py`) and a ``run_*`` function taking the parsed arguments. HF libraries are imported only after ``--endpoint`` is applied.
 
 ``unlearn --mode network`` rebuilds every remaining hospital's expert, so it needs each hospital's data: a
 YAML file lists them (tokens are read from environment variables, never from the file)::
@@ -28,51 +28,9 @@ import yaml
 from ..errors import FederatedFactoryError
 
 
-def add_train_expert_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import add_endpoint_arguments
-
-    add_endpoint_arguments(parser)
-    parser.add_argument("--manifest", required=True, help="federation manifest (YAML)")
-    parser.add_argument("--data", required=True, help="this hospital's own images: mnist-5k, an imagefolder, a parquet "
-                                                      "or save_to_disk dir, or a Hub dataset id")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="resize to this size (default: the manifest's evaluation image_size, if any)")
-    parser.add_argument("--channels", type=int, choices=(1, 3), default=None,
-                        help="default: the manifest's evaluation channels, if any")
-    parser.add_argument("--partition", default=None, help="simulate a hospital: partition scheme (silos, dirichlet, ...)")
-    parser.add_argument("--client", type=int, default=None, help="with --partition: which client's share is this hospital")
-    parser.add_argument("--num-clients", type=int, default=None)
-    parser.add_argument("--partition-seed", type=int, default=0)
-    parser.add_argument("--repo", default=None, help="this hospital's private repo for the expert, e.g. hospital-a/expert")
-    parser.add_argument("--factory", default=None, help="this hospital's own factory repo in the manifest (recorded)")
-    parser.add_argument("--max-real-per-class", type=int, default=None,
-                        help="own real images per class (default: the manifest's samples_per_class; 0 = all)")
-    parser.add_argument("--output-dir", default=None, help="default: <manifest output_dir>-expert")
-    parser.add_argument("--cache-dir", default=None, help="synthetic chunk cache, shared with the aggregator "
-                                                          "(default: $FEDERATED_FACTORY_CACHE or ~/.cache/federated_factory)")
-    parser.add_argument("--no-publish", action="store_true", help="train only; do not push the expert")
-    parser.add_argument("--no-progress", action="store_true")
-
-
-def add_combine_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import add_endpoint_arguments
-
-    add_endpoint_arguments(parser)
-    parser.add_argument("--manifest", required=True, help="the manifest every expert was trained against")
-    parser.add_argument("--experts", nargs="+", required=True, help="expert repos (org/name@sha) or local expert folders")
-    parser.add_argument("--repo", default=None, help="repo for the federation model, e.g. network/federation-model")
-    parser.add_argument("--floor", type=float, default=1e-6, help="probability floor of each expert (default 1e-6)")
-    parser.add_argument("--output-dir", default=None, help="default: <manifest output_dir>-network")
-    parser.add_argument("--no-evaluate", action="store_true", help="skip the evaluation on the manifest's test data")
-    parser.add_argument("--no-publish", action="store_true")
-
-
-def add_network_unlearn_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options ``unlearn --mode network`` adds to the server mode's ``unlearn`` options."""
-    parser.add_argument("--hospitals", default=None, help="with --mode network: YAML listing every hospital's data, "
-                                                          "factory, expert repo and token variable")
-    parser.add_argument("--federation-repo", default=None, help="with --mode network: repo of the federation model")
+# The argument definitions live in `federated_factory.cli`, which imports no HF library: importing this module
+# imports the network package (torch, huggingface_hub), which must come after ``--endpoint`` is applied.
+from ..cli import add_combine_arguments, add_network_unlearn_arguments, add_train_expert_arguments  # noqa: E402,F401
 
 
 def _apply_endpoint(args) -> None:
