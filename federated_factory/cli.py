@@ -59,7 +59,8 @@ def add_unlearn_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest-out", default=None, help="where to write the reduced manifest (default: <output-dir>/manifest.yaml)")
     parser.add_argument("--no-verify", action="store_true", help="skip the from-scratch bit-for-bit check")
     parser.add_argument("--purge-history", action="store_true",
-                        help="recreate the published repos so no old revision references the removed factory")
+                        help="erase every superseded revision of the published repos from the endpoint and verify it "
+                             "(the erased files' sha256 go into the certificate)")
     parser.add_argument("--publish-despite-mismatch", action="store_true",
                         help="publish even if the from-scratch check finds different weights (recorded in the "
                              "certificate and the card); without it a mismatch stops before publishing, exit code 2")

@@ -14,7 +14,7 @@ import sys
 
 from federated_factory.errors import FederatedFactoryError
 from federated_factory.hub.env import use_endpoint
-from federated_factory.network.commands import add_train_expert_arguments, run_train_expert
+from federated_factory.cli import add_train_expert_arguments
 
 
 def main() -> int:
@@ -25,6 +25,8 @@ def main() -> int:
 
     import torch
     from accelerate import Accelerator
+
+    from federated_factory.network.commands import run_train_expert
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())  # CPU-only: gloo DDP under torchrun
     try:
