@@ -26,6 +26,22 @@ _HOST_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+$")
 TRUE = {"1", "true", "True", "yes"}
 
 
+async def limited_body(request: Request, limit: int):
+    """The request body's chunks, refused with 413 as soon as it declares or sends more than ``limit`` bytes
+    (the rest of an oversized body is drained, so the connection stays usable)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise StorageError(413, f"Request body too large ({declared} bytes; the limit is {limit}).")
+    total = 0
+    stream = request.stream()
+    async for chunk in stream:
+        total += len(chunk)
+        if total > limit:
+            await drain(stream)
+            raise StorageError(413, f"Request body too large (the limit is {limit} bytes).")
+        yield chunk
+
+
 async def drain(stream, limit: int = MAX_DRAIN) -> None:
     """Discard (a bounded amount of) the rest of a refused body, so the client gets to read our error response."""
     discarded = 0
@@ -112,18 +128,7 @@ class RouteBase:
 
     @staticmethod
     async def _read_body(request: Request, limit: int = MAX_JSON_BODY) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise StorageError(413, f"Request body too large ({declared} bytes; the limit is {limit}).")
-        chunks, total = [], 0
-        stream = request.stream()
-        async for chunk in stream:
-            total += len(chunk)
-            if total > limit:
-                await drain(stream)
-                raise StorageError(413, f"Request body too large (the limit is {limit} bytes).")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return b"".join([chunk async for chunk in limited_body(request, limit)])
 
     async def _read_json(self, request: Request, limit: int = MAX_JSON_BODY) -> dict:
         return parse_json_object(await self._read_body(request, limit))

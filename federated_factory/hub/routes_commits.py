@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ._auth import Identity
-from ._base import TRUE, RouteBase, drain, json_response
+from ._base import TRUE, RouteBase, json_response, limited_body
 from ._storage import StagedBlob, StorageError, is_lfs_path, validate_path, validate_ref_name
 from .commit_parser import MAX_NDJSON_LINE, iter_commit, parse_header
 from .gitignore import MAX_GITIGNORE, GitIgnore
@@ -120,19 +120,10 @@ class CommitRoutes(RouteBase):
 
     async def _spool(self, request: Request, limit: int) -> str:
         """Stream the request body to a temp file (at most ``limit`` bytes) and return its path."""
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise StorageError(413, f"Request body too large ({declared} bytes; the limit is {limit}).")
         fd, tmp_path = self.storage.new_temp_file(".body")
-        total = 0
         try:
             with os.fdopen(fd, "wb") as f:
-                stream = request.stream()
-                async for chunk in stream:
-                    total += len(chunk)
-                    if total > limit:
-                        await drain(stream)
-                        raise StorageError(413, f"Request body too large (the limit is {limit} bytes).")
+                async for chunk in limited_body(request, limit):
                     f.write(chunk)
         except BaseException:
             os.unlink(tmp_path)
