@@ -64,7 +64,7 @@ class DemoConfig:
     preset: str = field(default="demo", metadata={"help": "factory preset: tiny | demo | cpu | gpu"})
     train_steps: int | None = field(default=None, metadata={"help": "override the preset's factory steps"})
     flip: Literal["none", "h", "hv"] = field(default="none", metadata={"help": "factory flip augmentation"})
-    samples_per_class: int = field(default=500, metadata={"help": "synthetic images per class"})
+    samples_per_class: int = field(default=250, metadata={"help": "synthetic images per class"})
     sampler: str = field(default="dpm++", metadata={"help": "diffusion sampler of the synthesis"})
     num_inference_steps: int = field(default=20, metadata={"help": "sampler steps per image"})
     synthesis_precision: Literal["fp32", "bf16"] = field(
@@ -389,12 +389,14 @@ def build_manifest(config: DemoConfig, out: Path, fed: Federation, data: DataSta
 
 
 def aggregate_factories(config: DemoConfig, out: Path, fed: Federation, data: DataStage, factories: FactoriesStage,
-                        accelerator) -> AggregationStage:
-    """Write the manifest pinning every published factory, then run the aggregator on it (synthesis,
-    classifier, evaluation on the real test split, publication); draws real-vs-synthetic samples."""
+                        accelerator, manifest=None, classifier=None) -> AggregationStage:
+    """Run the aggregator on the manifest pinning every published factory (`build_manifest`, written when not
+    given): synthesis, classifier, evaluation on the real test split, publication; draws real-vs-synthetic
+    samples."""
     from .aggregator import aggregate
 
-    manifest, classifier = build_manifest(config, out, fed, data, factories)
+    if manifest is None:
+        manifest, classifier = build_manifest(config, out, fed, data, factories)
     t0 = time.perf_counter()
     aggregation = aggregate(manifest, token=fed.aggregator_token, accelerator=accelerator,
                             output_dir=out / "aggregate", cache_dir=out / "cache", progress=config.progress)
@@ -403,13 +405,13 @@ def aggregate_factories(config: DemoConfig, out: Path, fed: Federation, data: Da
     return AggregationStage(classifier=classifier, aggregation=aggregation, seconds=seconds)
 
 
-def run_baselines(config: DemoConfig, data: DataStage, classifier, accelerator) -> BaselinesStage:
+def run_baselines(config: DemoConfig, data: DataStage, classifier, device="cpu") -> BaselinesStage:
     """Centralized, FedAvg, FedProx (and SCAFFOLD when asked) on the hospitals' real data, same classifier."""
     from .baselines import run_centralized, run_fedavg, run_scaffold
 
     seconds: dict[str, float] = {}
     federated = dict(rounds=config.fl_rounds, local_epochs=config.fl_local_epochs, seed=config.seed,
-                     progress=config.progress, device=accelerator.device)
+                     progress=config.progress, device=device)
 
     def timed(key: str, run):
         t0 = time.perf_counter()
@@ -448,7 +450,8 @@ def train_network_experts(config: DemoConfig, out: Path, fed: Federation, data: 
     t0 = time.perf_counter()
     network = train_network(network_manifest, hospitals, federation_repo=f"{fed.aggregator_user}/federation-model",
                             cache_dir=out / "cache", token=fed.aggregator_token, output_dir=out / "network",
-                            accelerator=accelerator, progress=config.progress)
+                            accelerator=accelerator, progress=config.progress,
+                            workers=config.workers if accelerator.device.type == "cpu" else 1)
     seconds = time.perf_counter() - t0
     summary = network.summary()
     product = (network.combined.evaluation or {}).get("product") or {}
@@ -589,22 +592,29 @@ def _run_stages(config: DemoConfig, out: Path, server) -> DemoResults:
     import torch
     from accelerate import Accelerator
 
+    from .runtime import side_process
+
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     data = prepare_data(config, out)
     fed = register_identities(server, data.partition.num_clients, network=config.mode != "server")
     factories = train_factories(config, out, server, fed, data)
-    aggregation = network = None
-    if config.mode == "network":
-        manifest, classifier = build_manifest(config, out, fed, data, factories)
-    else:
-        aggregation = aggregate_factories(config, out, fed, data, factories, accelerator)
-        manifest, classifier = aggregation.aggregation.manifest, aggregation.classifier
-    if config.mode != "server":
-        network = train_network_experts(config, out, fed, data, factories, manifest, accelerator)
-    baselines = run_baselines(config, data, classifier, accelerator)
-    unlearning = unlearning_seconds = None
-    if aggregation is not None:  # server-mode unlearning: the aggregator's classifier
-        unlearning, unlearning_seconds = unlearn_hospital(config, out, fed, factories, aggregation, accelerator)
+    manifest, classifier = build_manifest(config, out, fed, data, factories)
+    # The baselines need only the real partitions: with workers, they train in a side process while the
+    # federation's stages run here (each is single-threaded, so its numbers do not depend on where it runs).
+    side = config.workers > 1
+    baselines_job = {"config": dataclasses.replace(config, progress=config.progress and not side), "data": data,
+                     "classifier": classifier, "device": str(accelerator.device)}
+    with side_process(_baselines_job, baselines_job, enabled=side) as baselines_result:
+        aggregation = network = None
+        if config.mode != "network":
+            aggregation = aggregate_factories(config, out, fed, data, factories, accelerator, manifest, classifier)
+            manifest = aggregation.aggregation.manifest
+        if config.mode != "server":
+            network = train_network_experts(config, out, fed, data, factories, manifest, accelerator)
+        unlearning = unlearning_seconds = None
+        if aggregation is not None:  # server-mode unlearning: the aggregator's classifier
+            unlearning, unlearning_seconds = unlearn_hospital(config, out, fed, factories, aggregation, accelerator)
+        baselines = baselines_result()
     timings = {"data_seconds": data.seconds, "clients_seconds": factories.seconds}
     if aggregation is not None:
         timings["aggregation_seconds"] = aggregation.seconds
@@ -615,6 +625,14 @@ def _run_stages(config: DemoConfig, out: Path, server) -> DemoResults:
         timings["unlearning_seconds"] = unlearning_seconds
     return collect_results(config, data, fed, factories, aggregation, baselines, unlearning, timings,
                            network=network, manifest=manifest)
+
+
+def _baselines_job(job: dict) -> BaselinesStage:
+    """`run_baselines` in a side process (spawned: it starts with the libraries' progress bars on)."""
+    from .runtime import library_progress_bars
+
+    with library_progress_bars(False):
+        return run_baselines(job["config"], job["data"], job["classifier"], job["device"])
 
 
 def _json_default(value):
@@ -692,22 +710,19 @@ def _train_clients(jobs: list[dict], workers: int, progress: bool) -> list[Clien
     small CPU, single-thread trainings side by side outrun one multi-thread training: benchmarks/README.md)."""
     from tqdm.auto import tqdm
 
-    if workers <= 1:
-        return [_train_client(job) for job in jobs]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from .runtime import map_in_processes
 
-    results: dict[str, ClientSummary] = {}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_train_client, job): job["client"]["name"] for job in jobs}
-        bar = tqdm(total=len(jobs), desc=f"hospitals ({workers} in parallel)", unit="factory", disable=not progress)
-        for future in as_completed(futures):
-            summary = future.result()
-            results[summary.name] = summary
-            bar.set_postfix(last=summary.name, img_s=f"{summary.train_images_per_second:.0f}")
-            bar.update(1)
+    bar = tqdm(total=len(jobs), desc=f"hospitals ({workers} in parallel)", unit="factory",
+               disable=not progress or workers <= 1)
+
+    def done(job, summary: ClientSummary) -> None:
+        bar.set_postfix(last=summary.name, img_s=f"{summary.train_images_per_second:.0f}")
+        bar.update(1)
+
+    try:
+        return map_in_processes(_train_client, jobs, workers, on_result=done)
+    finally:
         bar.close()
-    return [results[job["client"]["name"]] for job in jobs]
 
 
 def _published_bytes(pipeline_dir: Path) -> int:

@@ -58,7 +58,7 @@ class FactoryConfig:
 #: thousand images in at most 15 minutes on 2 cores. `gpu`: a bigger network and budget for one H100.
 PRESETS: dict[str, FactoryConfig] = {
     "tiny": FactoryConfig(block_out_channels=(16, 32), train_steps=30, batch_size=16, warmup_steps=5, lr=2e-3),
-    "demo": FactoryConfig(block_out_channels=(16, 32, 64), train_steps=450, batch_size=64, warmup_steps=50),
+    "demo": FactoryConfig(block_out_channels=(16, 32, 64), train_steps=200, batch_size=64, warmup_steps=50),
     "cpu": FactoryConfig(
         block_out_channels=(32, 64, 64), train_steps=1200, batch_size=64, warmup_steps=100, mixed_precision="bf16"
     ),

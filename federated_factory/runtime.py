@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -25,6 +26,70 @@ def cpu_threads(num_threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def map_in_processes(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int, *,
+                     on_result: Callable[[Any, Any], None] | None = None) -> list:
+    """``[fn(job) for job in jobs]``, in ``workers`` spawned processes (``workers <= 1``: in this process).
+
+    ``fn`` must be a module-level function and ``jobs`` picklable. Results come back in the order of ``jobs``;
+    ``on_result(job, result)`` is called in this process as each job finishes (for progress bars). A job that
+    raises re-raises here. Spawned processes inherit the environment (``HF_ENDPOINT`` included), not the thread
+    count: a job that must run single-threaded sets it itself (:func:`cpu_threads`).
+    """
+    if workers <= 1:
+        results = []
+        for job in jobs:
+            results.append(fn(job))
+            if on_result is not None:
+                on_result(job, results[-1])
+        return results
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    results: list = [None] * len(jobs)
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)) or 1,
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
+        for future in as_completed(futures):
+            i = futures[future]
+            results[i] = future.result()
+            if on_result is not None:
+                on_result(jobs[i], results[i])
+    return results
+
+
+@contextlib.contextmanager
+def side_process(fn: Callable[[Any], Any], job: Any, *, enabled: bool = True) -> Iterator[Callable[[], Any]]:
+    """Run ``fn(job)`` in one spawned process while the body of the ``with`` runs; yields ``result()``, which
+    waits for it and returns its value (or re-raises its exception).
+
+    With ``enabled=False`` nothing is spawned: ``result()`` runs ``fn(job)`` in this process when first called.
+    If the body raises, the side process is terminated. ``fn`` must be a module-level function.
+    """
+    if not enabled:
+        cached: list = []
+
+        def run_here():
+            if not cached:
+                cached.append(fn(job))
+            return cached[0]
+
+        yield run_here
+        return
+    import multiprocessing
+
+    pool = multiprocessing.get_context("spawn").Pool(1)
+    try:
+        pending = pool.apply_async(fn, (job,))
+        yield pending.get
+    except BaseException:
+        pool.terminate()
+        raise
+    else:
+        pool.close()
+    finally:
+        pool.join()
 
 
 @contextlib.contextmanager
@@ -138,6 +203,8 @@ __all__ = [
     "environment",
     "flush_denormals",
     "library_progress_bars",
+    "map_in_processes",
     "resolve_precision",
     "seeded",
+    "side_process",
 ]

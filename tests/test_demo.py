@@ -6,6 +6,7 @@ runs in a subprocess, through the console script's code path (`python -m federat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -15,16 +16,26 @@ import numpy as np
 import pytest
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "demo_output"
+TINY_DEMO = ["--preset", "tiny", "--samples-per-class", "12", "--num-inference-steps", "3", "--classifier-epochs", "1",
+             "--fl-rounds", "2", "--scaffold", "--no-progress"]
+
+
+def _run_tiny_demo(out):
     env = {k: v for k, v in os.environ.items() if k not in ("HF_ENDPOINT", "HF_TOKEN")}
-    cmd = [sys.executable, "-m", "federated_factory.cli", "demo", "--preset", "tiny", "--samples-per-class", "12",
-           "--num-inference-steps", "3", "--classifier-epochs", "1", "--fl-rounds", "2", "--scaffold", "--output-dir",
-           str(out), "--no-progress"]
+    cmd = [sys.executable, "-m", "federated_factory.cli", "demo", *TINY_DEMO, "--output-dir", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return out, json.loads((out / "results.json").read_text()), proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    return _run_tiny_demo(tmp_path_factory.mktemp("demo") / "demo_output")
+
+
+@pytest.fixture(scope="module")
+def second_demo_run(tmp_path_factory):
+    return _run_tiny_demo(tmp_path_factory.mktemp("demo-again") / "demo_output")
 
 
 def test_demo_writes_every_report_artefact(demo_run):
@@ -141,3 +152,44 @@ def test_results_are_a_dataclass_whose_dict_is_results_json(demo_run):
     assert typed.to_dict() == results  # results.json itself is written with sorted keys
     assert list(typed.methods()) == ["federated_factory", "network", "fedavg", "fedprox", "scaffold", "centralized"]
     assert typed.fedprox["mu"] == results["config"]["fedprox_mu"]
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_same_demo_twice_gives_the_same_data_models_and_numbers(demo_run, second_demo_run):
+    """Two runs of the same command, each with its own endpoint (so every commit id differs): the factories,
+    the synthetic dataset (every row), the classifier, every expert and every reported number are the same.
+    Only what names a commit (``source_revision``, repo@sha) and wall times may differ."""
+    from datasets import load_from_disk
+
+    (out_a, results_a, _), (out_b, results_b, _) = demo_run, second_demo_run
+    revisions = [{c["repo"]: c["revision"] for c in r["clients"]} for r in (results_a, results_b)]
+    assert revisions[0].keys() == revisions[1].keys()
+    assert all(revisions[0][repo] != revisions[1][repo] for repo in revisions[0])  # new commits, new ids
+    for client in results_a["clients"]:
+        weights = [out / "clients" / client["name"] / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"
+                   for out in (out_a, out_b)]
+        assert _sha256(weights[0]) == _sha256(weights[1]), client["name"]
+
+    synthetic = [load_from_disk(str(out / "aggregate" / "synthetic")) for out in (out_a, out_b)]
+    assert synthetic[0].features == synthetic[1].features and len(synthetic[0]) == len(synthetic[1]) > 0
+    columns = [c for c in synthetic[0].column_names if c != "source_revision"]
+    assert "source_digest" in columns and "image" in columns
+    for row_a, row_b in zip(synthetic[0].select_columns(columns), synthetic[1].select_columns(columns)):
+        assert row_a["image"].tobytes() == row_b["image"].tobytes()
+        assert {k: v for k, v in row_a.items() if k != "image"} == {k: v for k, v in row_b.items() if k != "image"}
+
+    classifier = [out / "aggregate" / "classifier" / "model.safetensors" for out in (out_a, out_b)]
+    assert _sha256(classifier[0]) == _sha256(classifier[1])
+    experts = [[row["weights_sha256"] for row in
+                (json.loads(p.read_text()) for p in sorted((out / "network" / "experts").glob("*/results.json")))]
+               for out in (out_a, out_b)]
+    assert len(experts[0]) == len(results_a["clients"]) and experts[0] == experts[1]
+    for key in ("federated_factory", "network", "fedavg", "fedprox", "scaffold", "centralized"):
+        for metric in ("accuracy", "macro_f1", "auroc", "confusion_matrix"):
+            assert results_a[key][metric] == results_b[key][metric], (key, metric)
+    unlearned = [r["unlearning"] for r in (results_a, results_b)]
+    assert unlearned[0]["classifier_weights_sha256"] == unlearned[1]["classifier_weights_sha256"]
+    assert unlearned[0]["from_scratch"]["identical"] and unlearned[1]["from_scratch"]["identical"]

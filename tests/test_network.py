@@ -97,6 +97,22 @@ def combined(network_run):
 
 
 @pytest.mark.slow
+def test_experts_trained_in_worker_processes_are_the_experts_trained_in_one(network, experts, tmp_path):
+    """``workers=2``: this process fills a fresh cache with every chunk the experts draw, then the experts train
+    in two spawned processes (one thread each): the same weights as the experts trained in the test's process."""
+    from federated_factory.network import train_network
+
+    parallel = train_network(network["manifest"], [network["hospitals"][n] for n in "ABC"],
+                             cache_dir=tmp_path / "cache", token=network["token"], output_dir=tmp_path / "out",
+                             publish=False, evaluate=False, progress=False, workers=2)
+    assert list(parallel.experts) == list(experts)
+    for name, expert in experts.items():
+        assert parallel.experts[name].weights_sha256 == expert.weights_sha256, name
+        assert parallel.experts[name].synthesis["chunks_generated"] == 0  # this process generated them first
+    assert any((tmp_path / "cache" / "chunks").rglob("*"))
+
+
+@pytest.mark.slow
 def test_expert_trains_on_its_own_rows_and_synthetic_rows_of_other_factories_only(network, experts, server_cache):
     from federated_factory.network import OWN_DATA_SOURCE
     from federated_factory.network.expert import data_fingerprint, read_provenance

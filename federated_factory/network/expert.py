@@ -119,6 +119,11 @@ class ExpertResult:
 # --------------------------------------------------------------------------------------------------
 
 
+def expert_label(repo: str | None, factory: str | None) -> str:
+    """How errors name an expert: its repo and, when it has one, its hospital's factory."""
+    return f"expert {repo or '(unpublished)'}" + (f" (factory {factory})" if factory else "")
+
+
 def own_classes_of(data, manifest: Manifest, who: str) -> list[str]:
     """Class names present in ``data`` (in label-space order). Raises `ExpertError` naming ``who`` when a
     class is outside the manifest's label space or the data has no images."""
@@ -297,7 +302,7 @@ def train_expert(
     from ..synthesis import ChunkCache, pull_factories, synthesize
     from ..unlearning import weights_digest
 
-    who = f"expert {repo or '(unpublished)'}" + (f" (factory {factory})" if factory else "")
+    who = expert_label(repo, factory)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     if factory is not None and factory.partition("@")[0] not in {f.repo for f in manifest.factories}:
