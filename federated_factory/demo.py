@@ -592,7 +592,7 @@ def _run_stages(config: DemoConfig, out: Path, server) -> DemoResults:
     import torch
     from accelerate import Accelerator
 
-    from .runtime import side_process
+    from .runtime import cpu_threads, side_process
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     data = prepare_data(config, out)
@@ -600,11 +600,14 @@ def _run_stages(config: DemoConfig, out: Path, server) -> DemoResults:
     factories = train_factories(config, out, server, fed, data)
     manifest, classifier = build_manifest(config, out, fed, data, factories)
     # The baselines need only the real partitions: with workers, they train in a side process while the
-    # federation's stages run here (each is single-threaded, so its numbers do not depend on where it runs).
+    # federation's stages run here (each is single-threaded, so its numbers do not depend on where it runs),
+    # and this process runs one thread: two processes with one thread each on 2 cores, where a multi-thread
+    # synthesis beside a busy side process ran at a quarter of its idle rate.
     side = config.workers > 1
     baselines_job = {"config": dataclasses.replace(config, progress=config.progress and not side), "data": data,
                      "classifier": classifier, "device": str(accelerator.device)}
-    with side_process(_baselines_job, baselines_job, enabled=side) as baselines_result:
+    threads = 1 if side and accelerator.device.type == "cpu" else 0
+    with side_process(_baselines_job, baselines_job, enabled=side) as baselines_result, cpu_threads(threads):
         aggregation = network = None
         if config.mode != "network":
             aggregation = aggregate_factories(config, out, fed, data, factories, accelerator, manifest, classifier)

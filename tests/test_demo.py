@@ -6,7 +6,6 @@ runs in a subprocess, through the console script's code path (`python -m federat
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -154,42 +153,53 @@ def test_results_are_a_dataclass_whose_dict_is_results_json(demo_run):
     assert typed.fedprox["mu"] == results["config"]["fedprox_mu"]
 
 
-def _sha256(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def test_the_same_demo_twice_gives_the_same_data_models_and_numbers(demo_run, second_demo_run):
     """Two runs of the same command, each with its own endpoint (so every commit id differs): the factories,
-    the synthetic dataset (every row), the classifier, every expert and every reported number are the same.
-    Only what names a commit (``source_revision``, repo@sha) and wall times may differ."""
-    from datasets import load_from_disk
+    the synthetic dataset (every row), the classifier, every expert, the unlearned classifier and every
+    reported number are the same. Only what names a commit (``source_revision``, repo@sha) and wall times differ."""
+    from federated_factory.reproduce import compare_runs
 
     (out_a, results_a, _), (out_b, results_b, _) = demo_run, second_demo_run
     revisions = [{c["repo"]: c["revision"] for c in r["clients"]} for r in (results_a, results_b)]
     assert revisions[0].keys() == revisions[1].keys()
     assert all(revisions[0][repo] != revisions[1][repo] for repo in revisions[0])  # new commits, new ids
-    for client in results_a["clients"]:
-        weights = [out / "clients" / client["name"] / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"
-                   for out in (out_a, out_b)]
-        assert _sha256(weights[0]) == _sha256(weights[1]), client["name"]
 
-    synthetic = [load_from_disk(str(out / "aggregate" / "synthetic")) for out in (out_a, out_b)]
-    assert synthetic[0].features == synthetic[1].features and len(synthetic[0]) == len(synthetic[1]) > 0
-    columns = [c for c in synthetic[0].column_names if c != "source_revision"]
-    assert "source_digest" in columns and "image" in columns
-    for row_a, row_b in zip(synthetic[0].select_columns(columns), synthetic[1].select_columns(columns)):
-        assert row_a["image"].tobytes() == row_b["image"].tobytes()
-        assert {k: v for k, v in row_a.items() if k != "image"} == {k: v for k, v in row_b.items() if k != "image"}
+    report = compare_runs(out_a, out_b)
+    assert report["differences"] == [] and report["identical"]
+    n_clients = len(results_a["clients"])
+    assert report["checked"] == {"factories": n_clients, "synthetic_rows": 12 * n_clients,  # --samples-per-class 12
+                                 "experts": n_clients, "metrics": 6 * 5, "classifiers": 2}
 
-    classifier = [out / "aggregate" / "classifier" / "model.safetensors" for out in (out_a, out_b)]
-    assert _sha256(classifier[0]) == _sha256(classifier[1])
-    experts = [[row["weights_sha256"] for row in
-                (json.loads(p.read_text()) for p in sorted((out / "network" / "experts").glob("*/results.json")))]
-               for out in (out_a, out_b)]
-    assert len(experts[0]) == len(results_a["clients"]) and experts[0] == experts[1]
-    for key in ("federated_factory", "network", "fedavg", "fedprox", "scaffold", "centralized"):
-        for metric in ("accuracy", "macro_f1", "auroc", "confusion_matrix"):
-            assert results_a[key][metric] == results_b[key][metric], (key, metric)
-    unlearned = [r["unlearning"] for r in (results_a, results_b)]
-    assert unlearned[0]["classifier_weights_sha256"] == unlearned[1]["classifier_weights_sha256"]
-    assert unlearned[0]["from_scratch"]["identical"] and unlearned[1]["from_scratch"]["identical"]
+
+def test_compare_runs_reports_a_changed_row_and_a_changed_model(demo_run, tmp_path):
+    """The comparison is not vacuous: a copy of a run with one synthetic pixel and one expert's weights changed
+    is reported with exactly those two differences."""
+    import shutil
+
+    from datasets import load_from_disk
+
+    from federated_factory.reproduce import compare_runs
+
+    out, _, _ = demo_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("hub", "cache"))
+    synthetic = load_from_disk(str(out / "aggregate" / "synthetic"))
+
+    def nudge(batch, indices):
+        batch["image"] = [image.point(lambda v: 255 - v) if i == 3 else image
+                          for image, i in zip(batch["image"], indices)]
+        return batch
+
+    shutil.rmtree(copy / "aggregate" / "synthetic")
+    changed = synthetic.map(nudge, with_indices=True, batched=True, features=synthetic.features)
+    changed.save_to_disk(str(copy / "aggregate" / "synthetic"))
+    expert = sorted((copy / "network" / "experts").glob("*/results.json"))[0]
+    record = json.loads(expert.read_text())
+    record["weights_sha256"] = "0" * 64
+    expert.write_text(json.dumps(record))
+
+    report = compare_runs(out, copy)
+    assert not report["identical"]
+    assert report["differences"][0] == "synthetic row 3 differs"
+    assert report["differences"][1].startswith("expert weights differ")
+    assert len(report["differences"]) == 2
