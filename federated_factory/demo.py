@@ -362,6 +362,13 @@ def train_factories(config: DemoConfig, out: Path, server, fed: Federation, data
     return FactoriesStage(factory_config=factory_config, clients=clients, seconds=time.perf_counter() - t0)
 
 
+def chunk_size(samples_per_class: int, largest: int = 100) -> int:
+    """The synthesis chunk size for ``samples_per_class``: the fewest chunks of at most ``largest`` images,
+    evenly sized, so that little is generated beyond what a class needs (250 → 3 chunks of 84, not 3 of 100)."""
+    chunks = -(-samples_per_class // largest)
+    return -(-samples_per_class // chunks)
+
+
 def build_manifest(config: DemoConfig, out: Path, fed: Federation, data: DataStage, factories: FactoriesStage):
     """The manifest pinning every published factory (written to ``<out>/manifest.yaml``) and its classifier
     config; shared by the server and the network mode."""
@@ -375,7 +382,8 @@ def build_manifest(config: DemoConfig, out: Path, fed: Federation, data: DataSta
         label_space=list(data.label_space),
         factories=[FactoryEntry(c.repo, c.revision) for c in factories.clients],
         synthesis=SynthesisConfig(samples_per_class=config.samples_per_class, sampler=config.sampler,
-                                  num_inference_steps=config.num_inference_steps, batch_size=100, seed=config.seed,
+                                  num_inference_steps=config.num_inference_steps,
+                                  batch_size=chunk_size(config.samples_per_class), seed=config.seed,
                                   precision=config.synthesis_precision),
         classifier=classifier.to_dict(),
         evaluation={"dataset": config.dataset, "split": "test", "image_size": config.image_size,
@@ -480,10 +488,11 @@ def train_network_experts(config: DemoConfig, out: Path, fed: Federation, data: 
 
 
 def unlearn_hospital(config: DemoConfig, out: Path, fed: Federation, factories: FactoriesStage,
-                     aggregation: AggregationStage, accelerator) -> tuple[dict | None, float | None]:
-    """Remove one hospital (``config.unlearn``) from the federation (server mode; ``purge_history``, so no
-    superseded revision of the republished repos survives); returns its certificate and the wall time, or
-    ``(None, None)`` when skipped (``unlearn=None`` or a single hospital)."""
+                     manifest, accelerator=None) -> tuple[dict | None, float | None]:
+    """Remove one hospital (``config.unlearn``) from the federation whose aggregation ran on ``manifest``
+    (server mode; ``purge_history``, so no superseded revision of the republished repos survives); returns
+    its certificate and the wall time, or ``(None, None)`` when skipped (``unlearn=None`` or a single
+    hospital)."""
     clients = factories.clients
     if config.unlearn is None or len(clients) <= 1:
         return None, None
@@ -493,7 +502,7 @@ def unlearn_hospital(config: DemoConfig, out: Path, fed: Federation, factories: 
     if not 0 <= index < len(clients):
         raise DemoError(f"--unlearn {config.unlearn}: there are {len(clients)} hospitals (0..{len(clients) - 1})")
     t0 = time.perf_counter()
-    certificate = unlearn(aggregation.aggregation.manifest, clients[index].repo,
+    certificate = unlearn(manifest, clients[index].repo,
                           reason="demo: hospital leaves the federation", previous_output_dir=out / "aggregate",
                           output_dir=out / "unlearned", cache_dir=out / "cache", token=fed.aggregator_token,
                           accelerator=accelerator, verify_from_scratch=config.verify_unlearning,
@@ -612,11 +621,18 @@ def _run_stages(config: DemoConfig, out: Path, server) -> DemoResults:
         if config.mode != "network":
             aggregation = aggregate_factories(config, out, fed, data, factories, accelerator, manifest, classifier)
             manifest = aggregation.aggregation.manifest
-        if config.mode != "server":
-            network = train_network_experts(config, out, fed, data, factories, manifest, accelerator)
-        unlearning = unlearning_seconds = None
-        if aggregation is not None:  # server-mode unlearning: the aggregator's classifier
-            unlearning, unlearning_seconds = unlearn_hospital(config, out, fed, factories, aggregation, accelerator)
+        # Server-mode unlearning needs only the aggregation: with workers it runs in a second side process
+        # while the experts train (it republishes the aggregator's repos, the network publishes others).
+        unlearn_job = {"config": dataclasses.replace(config, progress=config.progress and not side), "out": out,
+                       "fed": fed, "factories": factories, "manifest": manifest, "threads": threads}
+        unlearn_side = side and aggregation is not None
+        with side_process(_unlearn_job, unlearn_job, enabled=unlearn_side) as unlearning_result:
+            if config.mode != "server":
+                network = train_network_experts(config, out, fed, data, factories, manifest, accelerator)
+            unlearning = unlearning_seconds = None
+            if aggregation is not None:
+                unlearning, unlearning_seconds = unlearning_result() if unlearn_side else unlearn_hospital(
+                    config, out, fed, factories, manifest, accelerator)
         baselines = baselines_result()
     timings = {"data_seconds": data.seconds, "clients_seconds": factories.seconds}
     if aggregation is not None:
@@ -636,6 +652,15 @@ def _baselines_job(job: dict) -> BaselinesStage:
 
     with library_progress_bars(False):
         return run_baselines(job["config"], job["data"], job["classifier"], job["device"])
+
+
+def _unlearn_job(job: dict) -> tuple[dict | None, float | None]:
+    """`unlearn_hospital` in a side process, with the main process's thread count (the from-scratch check
+    regenerates chunks that must match the cached ones bit for bit)."""
+    from .runtime import cpu_threads, library_progress_bars
+
+    with library_progress_bars(False), cpu_threads(job["threads"]):
+        return unlearn_hospital(job["config"], job["out"], job["fed"], job["factories"], job["manifest"])
 
 
 def _json_default(value):
