@@ -30,8 +30,9 @@ def _experts(out: Path) -> dict[str, str]:
 def compare_runs(a: str | Path, b: str | Path) -> dict:
     """``{"identical": bool, "differences": [...], "checked": {...}}`` for two demo output folders.
 
-    ``checked`` counts what was compared (factories, synthetic rows, experts, metrics), so a comparison of two
-    empty folders cannot pass as identical: a missing artefact on both sides is a difference too.
+    ``checked`` counts what was compared (factories, synthetic rows, classifiers, experts, metrics). A factory
+    or classifier missing on both sides is a difference, not a match; a synthetic dataset or method absent
+    from both runs (network mode alone, no SCAFFOLD) is skipped and shows as a lower count.
     """
     from datasets import load_from_disk
 

@@ -80,7 +80,8 @@ def train_network(
              "progress": progress and workers <= 1}
             for hospital in hospitals]
     if workers > 1:
-        fill_cache(manifest, hospitals, cache_dir=cache_dir, token=token, accelerator=accelerator, progress=progress)
+        reader = token or next((h.token for h in hospitals if h.token), None)  # may read every factory
+        fill_cache(manifest, hospitals, cache_dir=cache_dir, token=reader, accelerator=accelerator, progress=progress)
         trained = map_in_processes(_expert_job, jobs, workers)
     else:
         trained = [train_expert(**_expert_kwargs(job), accelerator=accelerator) for job in jobs]
