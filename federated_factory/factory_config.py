@@ -32,7 +32,7 @@ class FactoryConfig:
     ema_decay: float = 0.995
     flip: str = "none"  # "none", "h" (horizontal) or "hv" (horizontal and vertical), where the data allows it
     cfg_dropout: float = 0.0  # > 0 trains a null class for classifier-free guidance
-    mixed_precision: str = "no"  # "no" or "bf16" (autocast on CPU with AMX/AVX-512-BF16, and on GPU)
+    mixed_precision: str = "no"  # "no", "bf16" (autocast) or "auto" (bf16 where native: GPU, CPU with AMX/AVX512-BF16)
     audit_holdout_fraction: float = 0.1  # client images kept out of training for the privacy audit
     seed: int = 0
     checkpoint_every: int = 0  # steps; 0 = no intermediate checkpoints
@@ -60,7 +60,7 @@ PRESETS: dict[str, FactoryConfig] = {
     "tiny": FactoryConfig(block_out_channels=(16, 32), train_steps=30, batch_size=16, warmup_steps=5, lr=2e-3),
     "demo": FactoryConfig(block_out_channels=(16, 32, 64), train_steps=200, batch_size=64, warmup_steps=50),
     "cpu": FactoryConfig(
-        block_out_channels=(32, 64, 64), train_steps=1200, batch_size=64, warmup_steps=100, mixed_precision="bf16"
+        block_out_channels=(32, 64, 64), train_steps=1200, batch_size=64, warmup_steps=100, mixed_precision="auto"
     ),
     "gpu": FactoryConfig(
         block_out_channels=(64, 128, 256),
@@ -72,7 +72,7 @@ PRESETS: dict[str, FactoryConfig] = {
         lr=4e-4,
         warmup_steps=500,
         ema_decay=0.9995,
-        mixed_precision="bf16",
+        mixed_precision="auto",
     ),
 }
 

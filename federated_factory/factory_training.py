@@ -8,6 +8,7 @@ config and data: the seeds come from ``config.seed``, and a resumed run matches 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from .augment import random_flips
 from .client_data import ClientData
 from .errors import FactoryError
 from .factory_config import FactoryConfig, build_scheduler, build_unet
+from .runtime import resolve_precision
 from .schedules import warmup_cosine
 
 
@@ -32,6 +34,7 @@ class TrainStats:
     loss_history: list[float]
     images_per_second: float
     wall_seconds: float
+    precision: str = "no"  # what the training ran in: "bf16" or "no" (fp32), after resolving "auto"
 
 
 def train_factory(
@@ -57,8 +60,8 @@ def train_factory(
         raise FactoryError(f"flip must be 'none', 'h' or 'hv', got {config.flip!r}")
     if len(data.train_images) == 0:
         raise FactoryError("the client has no training images left after the audit hold-out")
-    if config.mixed_precision not in ("no", "bf16"):
-        raise FactoryError(f"mixed_precision must be 'no' or 'bf16', got {config.mixed_precision!r}")
+    if config.mixed_precision not in ("no", "bf16", "auto"):
+        raise FactoryError(f"mixed_precision must be 'no', 'bf16' or 'auto', got {config.mixed_precision!r}")
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     device = accelerator.device
     # Denormal floats (tiny Adam moments, EMA updates) slow CPU kernels down by orders of magnitude.
@@ -104,6 +107,7 @@ def train_factory(
         generator.set_state(state["generator"])
         start_step, losses = int(state["step"]), list(state["losses"])
 
+    precision = training_precision(config.mixed_precision, device)
     unet.train()
     bar = tqdm(
         range(start_step, config.train_steps),
@@ -125,7 +129,7 @@ def train_factory(
         t = torch.randint(0, config.num_train_timesteps, (len(x0),), generator=generator).to(device)
         noisy = noise_schedule.add_noise(x0, noise, t)
         target = noise if config.prediction_type == "epsilon" else noise_schedule.get_velocity(x0, noise, t)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.mixed_precision == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             pred = unet(noisy, t, class_labels=y).sample
         loss = F.mse_loss(pred.float(), target)
         optimizer.zero_grad(set_to_none=True)
@@ -162,8 +166,22 @@ def train_factory(
         loss_history=[float(v) for v in losses],
         images_per_second=seen / wall if wall > 0 else 0.0,
         wall_seconds=wall,
+        precision=precision,
     )
     return pipeline, stats
+
+
+def training_precision(mixed_precision: str, device: torch.device) -> str:
+    """The precision a factory trains in: ``"bf16"`` or ``"no"`` (fp32). ``"auto"`` is bf16 only where the
+    device runs it natively (`runtime.resolve_precision`: CUDA with bf16, CPUs with AMX or AVX512-BF16).
+    An explicit ``"bf16"`` on a CPU without native bf16 is honoured with a warning: there autocast emulates
+    it, 14 × slower than fp32 on this project's AVX2 machine (`benchmarks/results/factory_precision_cpu.json`)."""
+    if mixed_precision == "auto":
+        return "bf16" if resolve_precision("auto", device) == "bf16" else "no"
+    if mixed_precision == "bf16" and resolve_precision("auto", device) != "bf16":
+        warnings.warn(f"mixed_precision='bf16' on a {device.type} without native bfloat16: autocast emulates it, "
+                      "far slower than fp32; 'auto' picks fp32 here", stacklevel=3)
+    return mixed_precision
 
 
 def _save_checkpoint(ckpt_dir: Path, unet, ema, optimizer, lr_schedule, generator, step: int, losses: list[float],

@@ -96,6 +96,24 @@ def test_training_lowers_the_loss(factory):
     assert last < 0.8 * first, (first, last)
 
 
+def test_auto_precision_trains_exactly_as_the_precision_it_resolves_to(mnist):
+    """``mixed_precision="auto"`` (the `cpu` and `gpu` presets) is bf16 only where the device runs bf16 natively,
+    else fp32: the same weights as the explicit setting it resolves to, and the resolved one is recorded."""
+    from federated_factory.runtime import resolve_precision
+
+    assert preset("cpu").mixed_precision == preset("gpu").mixed_precision == "auto"
+    native = resolve_precision("auto", torch.device("cpu")) == "bf16"
+    data = prepare_client_data(digits(mnist, DIGITS[:2], 20), tiny(train_steps=4))
+    weights = {}
+    for setting in ("auto", "bf16" if native else "no"):
+        pipeline, stats = train_factory(data, tiny(train_steps=4, mixed_precision=setting), progress=False)
+        assert stats.precision == ("bf16" if native else "no")
+        weights[setting] = torch.cat([t.flatten() for t in pipeline.unet.state_dict().values()])
+    assert torch.equal(*weights.values())
+    with pytest.raises(FactoryError, match="mixed_precision"):
+        train_factory(data, tiny(train_steps=4, mixed_precision="fp16"), progress=False)
+
+
 def test_prepare_splits_a_stratified_holdout_and_counts_training_images(mnist):
     config = tiny(audit_holdout_fraction=0.25)
     dataset = digits(mnist, ["3", "4"], 20)
