@@ -681,3 +681,34 @@ def test_serve_cli(tmp_path, monkeypatch):
     assert proc.returncode == 0
     assert "dana-secret-token" not in output and "eve-token-1" not in output and "frank-token" not in output
     assert (tmp_path / "data" / "repos" / "models" / "clinic" / "m" / "repo.json").exists()
+
+
+def test_an_idle_connection_outlives_the_http_clients_pool(hub):
+    """The server keeps an idle keep-alive connection open longer than httpx (huggingface_hub's transport) keeps
+    it in its pool, so a pooled connection is never closed by the server just as the client reuses it (which
+    failed a publish with "server disconnected" on a busy machine)."""
+    import httpx2
+
+    client_expiry = httpx2.Limits().keepalive_expiry
+    request = f"GET /api/whoami-v2 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {hub.token('alice')}\r\n\r\n"
+
+    def receive(sock) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, "the server closed the idle connection"
+            data += chunk
+        head, body = data.split(b"\r\n\r\n", 1)
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            assert chunk, "the server closed the connection mid-response"
+            body += chunk
+        return head
+
+    with socket.create_connection(("127.0.0.1", hub.port), timeout=10) as sock:
+        sock.sendall(request.encode())
+        assert receive(sock).startswith(b"HTTP/1.1 200")
+        time.sleep(client_expiry + 1)  # idle past the client's pool: the server must still hold the connection
+        sock.sendall(request.encode())
+        assert receive(sock).startswith(b"HTTP/1.1 200")

@@ -42,6 +42,8 @@ __all__ = ["HubApp", "HubServer", "serve_main", "gc_main"]
 
 logger = logging.getLogger("federated_factory.hub")
 
+KEEP_ALIVE_SECONDS = 65  # longer than any HTTP client's idle pool (httpx: 5 s), as nginx's 75 s and ALB's 60 s are
+
 
 def is_loopback(host: str) -> bool:
     """True if ``host`` only accepts connections from this machine (127.0.0.0/8, ::1, localhost)."""
@@ -129,6 +131,10 @@ class HubServer:
             ws="none",
             server_header=False,
             timeout_graceful_shutdown=5,
+            # An idle connection must outlive the client's pool: httpx (huggingface_hub's transport) reuses
+            # one for up to 5 s, uvicorn's default also closes after 5 s, and a request sent as the server
+            # closes fails with "server disconnected" (RemoteProtocolError) on a busy machine.
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
         )
 
     def start(self) -> HubServer:
