@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import json
 import os
 import secrets
 import shutil
@@ -47,6 +48,10 @@ from .errors import DemoError
 
 
 MODES = ("server", "network", "both")
+RUN_CONFIG_FILE = "demo_config.json"  # the options of the run that wrote an output dir (what --resume checks)
+CLIENT_SUMMARY_FILE = "client_summary.json"  # written in a hospital's dir once its factory is published
+KEPT_ON_RESUME = ("clients", RUN_CONFIG_FILE)
+RESUME_MAY_CHANGE = ("resume", "progress", "workers", "output_dir")  # options that change no trained weight
 
 
 @dataclass
@@ -91,6 +96,10 @@ class DemoConfig:
     workers: int = field(
         default=2, metadata={"help": "hospitals trained in parallel processes, one thread each (1: in this process)"})
     output_dir: str = field(default="demo_output", metadata={"help": "where every output goes (emptied first)"})
+    resume: bool = field(default=False, metadata={
+        "help": "keep the hospitals' finished factories and training checkpoints of an earlier run of the same "
+                "options in output_dir (republished to this run's endpoint) and rerun the rest; without it, "
+                "output_dir is emptied first"})
     seed: int = field(default=0, metadata={"help": "seed of training, synthesis and baselines"})
     progress: bool = field(default=True, metadata={"help": "progress bars"})
 
@@ -208,6 +217,7 @@ class ClientSummary:
     upload_bytes: int
     threads: int
     seconds: float
+    resumed: bool = False  # the factory was trained by an earlier run (--resume) and republished by this one
 
 
 @dataclass
@@ -293,8 +303,6 @@ class DemoResults:
     @classmethod
     def load(cls, results_dir: str | Path) -> DemoResults:
         """Read ``<results_dir>/results.json``."""
-        import json
-
         return cls.from_dict(json.loads((Path(results_dir) / "results.json").read_text()))
 
 
@@ -351,11 +359,14 @@ def train_factories(config: DemoConfig, out: Path, server, fed: Federation, data
     if config.train_steps:
         overrides["train_steps"] = config.train_steps
     factory_config = preset(config.preset, **overrides)
+    if config.resume:  # an interrupted factory resumes from its latest checkpoint (at most a tenth of its steps lost)
+        factory_config = dataclasses.replace(factory_config, checkpoint_every=max(1, factory_config.train_steps // 10))
     t0 = time.perf_counter()
     jobs = [
         {"endpoint": server.url, "client": asdict(client), "dataset": dataset, "config": factory_config.to_dict(),
          "output_dir": str(out / "clients" / client.name), "audit_samples": config.audit_samples_per_class,
-         "threads": 1 if config.workers > 1 else 0, "progress": config.progress and config.workers == 1}
+         "threads": 1 if config.workers > 1 else 0, "progress": config.progress and config.workers == 1,
+         "resume": config.resume}
         for client, dataset in zip(fed.clients, data.client_sets)
     ]
     clients = _train_clients(jobs, config.workers, config.progress)
@@ -574,9 +585,7 @@ def run_demo(config: DemoConfig) -> DemoResults:
     from .runtime import library_progress_bars
 
     out = Path(config.output_dir)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    prepare_output_dir(config, out)
     port = free_port()
     use_endpoint(f"http://127.0.0.1:{port}")
 
@@ -595,6 +604,33 @@ def run_demo(config: DemoConfig) -> DemoResults:
     atomic_write_json(out / "results.json", results.to_dict(), default=_json_default)
     render_report(out)
     return results
+
+
+def prepare_output_dir(config: DemoConfig, out: Path) -> None:
+    """Empty ``out`` for a new run, or, with ``config.resume``, keep what an earlier run of the same options
+    finished there (the hospitals' dirs: published factories and training checkpoints) and remove the rest.
+    Records the run's options in ``out/demo_config.json``. Raises `DemoError`, having removed nothing, when
+    the earlier run's options differ."""
+    if config.resume and out.is_dir() and any(out.iterdir()):
+        saved = out / RUN_CONFIG_FILE
+        if not saved.is_file():
+            raise DemoError(f"cannot resume in {out}: it holds no {RUN_CONFIG_FILE}, so it is not the output of a "
+                            "demo run; choose another --output-dir or drop --resume")
+        then = {k: v for k, v in json.loads(saved.read_text()).items() if k not in RESUME_MAY_CHANGE}
+        now = {k: v for k, v in json.loads(json.dumps(config.to_dict())).items() if k not in RESUME_MAY_CHANGE}
+        changed = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
+        if changed:
+            raise DemoError(f"cannot resume in {out}: the earlier run had other options ("
+                            + "; ".join(f"{k}: {then.get(k)!r} then, {now.get(k)!r} now" for k in changed)
+                            + "); rerun with the same options, or drop --resume to start afresh")
+        for child in out.iterdir():
+            if child.name not in KEPT_ON_RESUME:
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    else:
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+    atomic_write_json(out / RUN_CONFIG_FILE, config.to_dict())
 
 
 def _run_stages(config: DemoConfig, out: Path, server) -> DemoResults:
@@ -709,6 +745,9 @@ def _train_client(job: dict) -> ClientSummary:
     from .client import FactoryConfig, run_client
 
     client, started = HospitalIdentity(**job["client"]), time.perf_counter()
+    summary_file = Path(job["output_dir"]) / CLIENT_SUMMARY_FILE
+    if job["resume"] and summary_file.is_file():
+        return _republish_client(client, Path(job["output_dir"]), summary_file)
     with library_progress_bars(False), cpu_threads(job["threads"]):
         published, metadata = run_client(
             job["dataset"], client.repo, FactoryConfig.from_dict(job["config"]), token=client.token,
@@ -716,7 +755,7 @@ def _train_client(job: dict) -> ClientSummary:
         )
         threads = torch.get_num_threads()
     stats, audit = metadata["train_stats"], metadata["privacy_audit"]
-    return ClientSummary(
+    summary = ClientSummary(
         name=client.name,
         repo=published.repo_id,
         revision=published.revision,
@@ -731,6 +770,26 @@ def _train_client(job: dict) -> ClientSummary:
         threads=threads,
         seconds=time.perf_counter() - started,
     )
+    atomic_write_json(summary_file, asdict(summary))
+    return summary
+
+
+def _republish_client(client: HospitalIdentity, folder: Path, summary_file: Path) -> ClientSummary:
+    """A hospital whose factory an earlier run finished (``--resume``): publish its local copy (pipeline,
+    factory.json with the training stats and privacy audit, sample grid) to this run's endpoint, unchanged."""
+    from PIL import Image
+
+    from .client import FACTORY_METADATA_FILE, publish_factory
+    from .pipeline import FactoryPipeline
+
+    earlier = ClientSummary(**json.loads(summary_file.read_text()))
+    metadata = json.loads((folder / FACTORY_METADATA_FILE).read_text())
+    pipeline = FactoryPipeline.from_pretrained(folder / "pipeline")
+    with Image.open(folder / "samples.png") as grid:
+        grid.load()
+        published = publish_factory(pipeline, metadata, client.repo, token=client.token, grid=grid,
+                                    allow_copies=metadata["privacy_audit"].get("allowed_copies", False))
+    return dataclasses.replace(earlier, repo=published.repo_id, revision=published.revision, resumed=True)
 
 
 def _train_clients(jobs: list[dict], workers: int, progress: bool) -> list[ClientSummary]:

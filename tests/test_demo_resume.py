@@ -1,0 +1,112 @@
+"""`federated-factory demo --resume`: a run interrupted in the hospitals' stage picks up where it stopped.
+
+The hospitals' stage runs in this process (``workers=1``) against the session's endpoint, with two hospitals
+of one digit each, so that an interruption can be staged exactly: the second hospital stops right after its
+checkpoint at half its steps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from federated_factory import demo
+from federated_factory.errors import DemoError
+
+WEIGHTS = "pipeline/unet/diffusion_pytorch_model.safetensors"
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def two_hospitals():
+    from federated_factory.data import load_image_dataset
+
+    train = load_image_dataset("mnist-5k", image_size=16, channels=1)
+    labels = np.asarray(train["label"])
+    client_sets = [train.select(np.flatnonzero(labels == digit)[:40]) for digit in (0, 1)]
+    return demo.DataStage(train=train, test=None, label_space=list(train.features["label"].names), partition=None,
+                          client_sets=client_sets, table="", image_size=16, channels=1, seconds=0.0)
+
+
+def _config(out, **changes) -> demo.DemoConfig:
+    options = dict(preset="tiny", train_steps=20, workers=1, resume=True, progress=False, audit_samples_per_class=8,
+                   output_dir=str(out))
+    return demo.DemoConfig(**{**options, **changes})
+
+
+def _train(hub, config, data):
+    out = Path(config.output_dir)
+    demo.prepare_output_dir(config, out)
+    fed = demo.register_identities(hub.server, len(data.client_sets))
+    return demo.train_factories(config, out, hub.server, fed, data), fed
+
+
+def test_resume_republishes_finished_factories_and_continues_an_interrupted_one(hub, two_hospitals, tmp_path,
+                                                                               monkeypatch):
+    import torch
+
+    import federated_factory.client as client_module
+    import federated_factory.factory_training as training
+    from huggingface_hub import hf_hub_download
+
+    out = tmp_path / "run"
+    save_checkpoint = training._save_checkpoint
+
+    def stop_hospital_01_at_half_time(ckpt_dir, *args, **kwargs):
+        save_checkpoint(ckpt_dir, *args, **kwargs)
+        if "hospital-01" in str(ckpt_dir) and args[5] == 10:  # args[5]: the step just saved
+            raise Interrupted
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "_save_checkpoint", stop_hospital_01_at_half_time)
+        with pytest.raises(Interrupted):
+            _train(hub, _config(out), two_hospitals)
+    assert (out / "clients" / "hospital-00" / demo.CLIENT_SUMMARY_FILE).is_file()
+    assert not (out / "clients" / "hospital-01" / demo.CLIENT_SUMMARY_FILE).exists()
+    (out / "leftover-of-a-later-stage").mkdir()
+
+    trained_from = {}
+    train_factory = client_module.train_factory
+
+    def record(data, config, *, output_dir, **kwargs):
+        state = Path(output_dir) / "checkpoint" / "state.pt"
+        trained_from[Path(output_dir).name] = torch.load(state)["step"] if state.exists() else 0
+        return train_factory(data, config, output_dir=output_dir, **kwargs)
+
+    monkeypatch.setattr(client_module, "train_factory", record)
+    resumed, fed = _train(hub, _config(out), two_hospitals)
+    assert trained_from == {"hospital-01": 10}  # hospital-00 is not trained again; hospital-01 goes on from step 10
+    assert [c.resumed for c in resumed.clients] == [True, False]
+    assert not (out / "leftover-of-a-later-stage").exists()
+
+    # An uninterrupted run of the same options trains the same two factories, bit for bit.
+    reference, _ = _train(hub, _config(tmp_path / "reference", resume=False), two_hospitals)
+    for name in ("hospital-00", "hospital-01"):
+        assert (out / "clients" / name / WEIGHTS).read_bytes() == \
+               (tmp_path / "reference" / "clients" / name / WEIGHTS).read_bytes()
+    # What the resumed run published for hospital-00 is its factory as the earlier run left it.
+    client = fed.clients[0]
+    published = hf_hub_download(client.repo, "unet/diffusion_pytorch_model.safetensors",
+                                revision=resumed.clients[0].revision, token=client.token, cache_dir=tmp_path / "cache")
+    assert Path(published).read_bytes() == (out / "clients" / "hospital-00" / WEIGHTS).read_bytes()
+    factory = json.loads((out / "clients" / "hospital-00" / "factory.json").read_text())
+    assert factory["config"]["checkpoint_every"] == 2
+
+
+def test_resume_refuses_other_options_and_removes_nothing(tmp_path):
+    out = tmp_path / "run"
+    demo.prepare_output_dir(_config(out), out)
+    (out / "clients").mkdir()
+    with pytest.raises(DemoError, match=r"train_steps: 20 then, 40 now"):
+        demo.prepare_output_dir(_config(out, train_steps=40, workers=2), out)  # workers may change, steps may not
+    assert (out / "clients").is_dir()
+    (out / demo.RUN_CONFIG_FILE).unlink()
+    with pytest.raises(DemoError, match="holds no demo_config.json"):
+        demo.prepare_output_dir(_config(out), out)
+    assert (out / "clients").is_dir()
