@@ -305,9 +305,11 @@ def run_method(args, data: Data, partition: str, method: str, seeds: list[int]) 
 def import_ff(args) -> None:
     """Record a FederatedFactory number from a federation.py results.json or a reaggregate.py JSON."""
     data = json.loads(Path(args.results).read_text())
-    ff = data.get("federated_factory", data)
+    mode = "network" if args.method == "ff-network" else "federated_factory"  # results.json keys of the two modes
+    ff = data.get(mode) or ({} if mode == "network" else data)  # a reaggregate.py JSON is the server row itself
     if "accuracy" not in ff:
-        raise SystemExit(f"{args.results}: no FederatedFactory accuracy found")
+        raise SystemExit(f"{args.results}: no FederatedFactory {mode.replace('federated_factory', 'server')} "
+                         "mode accuracy found")
     recall = ff.get("per_class_recall") or {}
     test = {"accuracy": ff["accuracy"], "auroc": ff.get("auroc"), "macro_f1": ff.get("macro_f1"),
             "balanced_accuracy": sum(recall.values()) / len(recall) if recall else None, "per_class_recall": recall}

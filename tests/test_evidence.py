@@ -92,6 +92,23 @@ def test_import_records_a_federated_factory_row(evidence, tmp_path):
     assert "90.00 (1 seed) / 99.00 (1 seed) / 80.00 (1 seed)" in table
 
 
+def test_import_of_the_network_mode_reads_the_network_row_of_a_run_with_both_modes(evidence, tmp_path):
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"federated_factory": {"accuracy": 0.9, "per_class_recall": {"a": 0.9}},
+                                   "network": {"accuracy": 0.7, "per_class_recall": {"a": 0.7}},
+                                   "timings": {"network_seconds": 3.0}}))
+    for method in ("ff-server", "ff-network"):
+        evidence.main(["--out", str(tmp_path / "out"), "import", "--dataset", "blood-cells-32", "--partition",
+                       "silos", "--seed", "0", "--method", method, "--results", str(results)])
+    rows = {m: json.loads((tmp_path / f"out/blood-cells-32/silos/{m}/seed0.json").read_text())
+            for m in ("ff-server", "ff-network")}
+    assert (rows["ff-server"]["test"]["accuracy"], rows["ff-network"]["test"]["accuracy"]) == (0.9, 0.7)
+    results.write_text(json.dumps({"federated_factory": {"accuracy": 0.9}}))  # a server-only run
+    with pytest.raises(SystemExit, match="no FederatedFactory network mode accuracy"):
+        evidence.main(["--out", str(tmp_path / "out"), "import", "--dataset", "blood-cells-32", "--partition",
+                       "silos", "--seed", "1", "--method", "ff-network", "--results", str(results)])
+
+
 def test_baseline_methods_report_validation_metrics_bytes_and_a_model(evidence):
     from federated_factory.classifier import evaluate_classifier
     from federated_factory.partition import partition_dataset
