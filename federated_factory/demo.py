@@ -50,7 +50,9 @@ from .errors import DemoError
 MODES = ("server", "network", "both")
 RUN_CONFIG_FILE = "demo_config.json"  # the options of the run that wrote an output dir (what --resume checks)
 CLIENT_SUMMARY_FILE = "client_summary.json"  # written in a hospital's dir once its factory is published
-KEPT_ON_RESUME = ("clients", RUN_CONFIG_FILE)
+# Kept by --resume: the hospitals' dirs and the synthesis chunk cache (keyed by factory content, class, seed and
+# sampler: a republished factory's chunks are the ones already generated).
+KEPT_ON_RESUME = ("clients", "cache", RUN_CONFIG_FILE)
 RESUME_MAY_CHANGE = ("resume", "progress", "workers", "output_dir")  # options that change no trained weight
 
 
@@ -608,7 +610,8 @@ def run_demo(config: DemoConfig) -> DemoResults:
 
 def prepare_output_dir(config: DemoConfig, out: Path) -> None:
     """Empty ``out`` for a new run, or, with ``config.resume``, keep what an earlier run of the same options
-    finished there (the hospitals' dirs: published factories and training checkpoints) and remove the rest.
+    finished there (the hospitals' dirs: published factories and training checkpoints; the chunk cache) and
+    remove the rest.
     Records the run's options in ``out/demo_config.json``. Raises `DemoError`, having removed nothing, when
     the earlier run's options differ."""
     if config.resume and out.is_dir() and any(out.iterdir()):

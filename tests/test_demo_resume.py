@@ -70,6 +70,7 @@ def test_resume_republishes_finished_factories_and_continues_an_interrupted_one(
     assert (out / "clients" / "hospital-00" / demo.CLIENT_SUMMARY_FILE).is_file()
     assert not (out / "clients" / "hospital-01" / demo.CLIENT_SUMMARY_FILE).exists()
     (out / "leftover-of-a-later-stage").mkdir()
+    (out / "cache" / "chunks").mkdir(parents=True)  # the synthesis chunk cache, keyed by content: kept
 
     trained_from = {}
     train_factory = client_module.train_factory
@@ -83,7 +84,7 @@ def test_resume_republishes_finished_factories_and_continues_an_interrupted_one(
     resumed, fed = _train(hub, _config(out), two_hospitals)
     assert trained_from == {"hospital-01": 10}  # hospital-00 is not trained again; hospital-01 goes on from step 10
     assert [c.resumed for c in resumed.clients] == [True, False]
-    assert not (out / "leftover-of-a-later-stage").exists()
+    assert not (out / "leftover-of-a-later-stage").exists() and (out / "cache" / "chunks").is_dir()
 
     # An uninterrupted run of the same options trains the same two factories, bit for bit.
     reference, _ = _train(hub, _config(tmp_path / "reference", resume=False), two_hospitals)
