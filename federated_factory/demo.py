@@ -53,7 +53,11 @@ CLIENT_SUMMARY_FILE = "client_summary.json"  # written in a hospital's dir once 
 # Kept by --resume: the hospitals' dirs and the synthesis chunk cache (keyed by factory content, class, seed and
 # sampler: a republished factory's chunks are the ones already generated).
 KEPT_ON_RESUME = ("clients", "cache", RUN_CONFIG_FILE)
-RESUME_MAY_CHANGE = ("resume", "progress", "workers", "output_dir")  # options that change no trained weight
+# The options a hospital's factory depends on (its data, the factory training, the audit): --resume reuses the
+# factories only when these are the earlier run's. Every other option (synthesis, classifier, baselines, modes,
+# unlearning, workers) may change: the stages after the hospitals' rerun with it.
+FACTORY_OPTIONS = ("dataset", "partition", "num_clients", "alpha", "classes_per_client", "partition_seed", "image_size",
+                   "channels", "preset", "train_steps", "flip", "audit_samples_per_class", "seed")
 
 
 @dataclass
@@ -99,9 +103,9 @@ class DemoConfig:
         default=2, metadata={"help": "hospitals trained in parallel processes, one thread each (1: in this process)"})
     output_dir: str = field(default="demo_output", metadata={"help": "where every output goes (emptied first)"})
     resume: bool = field(default=False, metadata={
-        "help": "keep the hospitals' finished factories and training checkpoints of an earlier run of the same "
-                "options in output_dir (republished to this run's endpoint) and rerun the rest; without it, "
-                "output_dir is emptied first"})
+        "help": "keep the hospitals' finished factories, training checkpoints and synthetic chunks of an earlier "
+                "run in output_dir (the options that shape a factory must be the same; the factories are "
+                "republished to this run's endpoint) and rerun the rest; without it, output_dir is emptied first"})
     seed: int = field(default=0, metadata={"help": "seed of training, synthesis and baselines"})
     progress: bool = field(default=True, metadata={"help": "progress bars"})
 
@@ -609,23 +613,21 @@ def run_demo(config: DemoConfig) -> DemoResults:
 
 
 def prepare_output_dir(config: DemoConfig, out: Path) -> None:
-    """Empty ``out`` for a new run, or, with ``config.resume``, keep what an earlier run of the same options
-    finished there (the hospitals' dirs: published factories and training checkpoints; the chunk cache) and
-    remove the rest.
+    """Empty ``out`` for a new run, or, with ``config.resume``, keep what an earlier run finished there (the
+    hospitals' dirs: published factories and training checkpoints; the chunk cache) and remove the rest.
     Records the run's options in ``out/demo_config.json``. Raises `DemoError`, having removed nothing, when
-    the earlier run's options differ."""
+    the earlier run's factories were trained with other options (`FACTORY_OPTIONS`)."""
     if config.resume and out.is_dir() and any(out.iterdir()):
         saved = out / RUN_CONFIG_FILE
         if not saved.is_file():
             raise DemoError(f"cannot resume in {out}: it holds no {RUN_CONFIG_FILE}, so it is not the output of a "
                             "demo run; choose another --output-dir or drop --resume")
-        then = {k: v for k, v in json.loads(saved.read_text()).items() if k not in RESUME_MAY_CHANGE}
-        now = {k: v for k, v in json.loads(json.dumps(config.to_dict())).items() if k not in RESUME_MAY_CHANGE}
-        changed = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
+        then, now = json.loads(saved.read_text()), json.loads(json.dumps(config.to_dict()))
+        changed = [k for k in FACTORY_OPTIONS if then.get(k) != now.get(k)]
         if changed:
-            raise DemoError(f"cannot resume in {out}: the earlier run had other options ("
+            raise DemoError(f"cannot resume in {out}: its factories were trained with other options ("
                             + "; ".join(f"{k}: {then.get(k)!r} then, {now.get(k)!r} now" for k in changed)
-                            + "); rerun with the same options, or drop --resume to start afresh")
+                            + "); rerun with the same ones, or drop --resume to start afresh")
         for child in out.iterdir():
             if child.name not in KEPT_ON_RESUME:
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()

@@ -100,13 +100,17 @@ def test_resume_republishes_finished_factories_and_continues_an_interrupted_one(
     assert factory["config"]["checkpoint_every"] == 2
 
 
-def test_resume_refuses_other_options_and_removes_nothing(tmp_path):
+def test_resume_refuses_other_factory_options_and_removes_nothing(tmp_path):
     out = tmp_path / "run"
     demo.prepare_output_dir(_config(out), out)
     (out / "clients").mkdir()
-    with pytest.raises(DemoError, match=r"train_steps: 20 then, 40 now"):
-        demo.prepare_output_dir(_config(out, train_steps=40, workers=2), out)  # workers may change, steps may not
+    with pytest.raises(DemoError, match=r"train_steps: 20 then, 40 now; seed: 0 then, 1 now"):
+        demo.prepare_output_dir(_config(out, train_steps=40, seed=1, classifier_epochs=3), out)
     assert (out / "clients").is_dir()
+    # What comes after the factories may change: their options are the new run's.
+    demo.prepare_output_dir(_config(out, classifier_epochs=3, samples_per_class=50, mode="network", workers=2), out)
+    assert (out / "clients").is_dir()
+    assert json.loads((out / demo.RUN_CONFIG_FILE).read_text())["classifier_epochs"] == 3
     (out / demo.RUN_CONFIG_FILE).unlink()
     with pytest.raises(DemoError, match="holds no demo_config.json"):
         demo.prepare_output_dir(_config(out), out)
