@@ -35,6 +35,7 @@ class TrainStats:
     images_per_second: float
     wall_seconds: float
     precision: str = "no"  # what the training ran in: "bf16" or "no" (fp32), after resolving "auto"
+    resumed_from_step: int = 0  # > 0: resumed from a checkpoint; the rate and wall time cover the steps after it
 
 
 def train_factory(
@@ -167,6 +168,7 @@ def train_factory(
         images_per_second=seen / wall if wall > 0 else 0.0,
         wall_seconds=wall,
         precision=precision,
+        resumed_from_step=start_step,
     )
     return pipeline, stats
 

@@ -125,10 +125,15 @@ def render_report(results_dir: str | Path) -> Path:
         "|---|---|---|---|---|---|---|",
     ]
     for c in results.clients:
+        resumed = " (earlier run)" if c.get("resumed") else ""
         lines.append(f"| {c['name']} | `{c['repo']}@{c['revision'][:10]}` | {', '.join(c['classes'])} | "
-                     f"{c['train_images_per_second']:.0f} | {c['train_seconds']:.0f} s | {c['privacy_copy_rate']:.1%} "
-                     f"({'pass' if c['privacy_passed'] else 'FAIL'}) | {_mb(c['upload_bytes'])} |")
+                     f"{c['train_images_per_second']:.0f} | {c['train_seconds']:.0f} s{resumed} | "
+                     f"{c['privacy_copy_rate']:.1%} ({'pass' if c['privacy_passed'] else 'FAIL'}) | "
+                     f"{_mb(c['upload_bytes'])} |")
     lines.append("")
+    if any(c.get("resumed") for c in results.clients):
+        lines += ["Factories marked *earlier run* were trained by an earlier run of this command and republished "
+                  "unchanged by this one (`--resume`); their rate and train time are the earlier run's.", ""]
     if (out / "aggregate" / "synthetic_samples.png").exists():
         lines += ["Synthetic samples (one row per class, what the classifier was trained on):", "",
                   "![synthetic](aggregate/synthetic_samples.png)", ""]

@@ -96,8 +96,10 @@ def test_resume_republishes_finished_factories_and_continues_an_interrupted_one(
     published = hf_hub_download(client.repo, "unet/diffusion_pytorch_model.safetensors",
                                 revision=resumed.clients[0].revision, token=client.token, cache_dir=tmp_path / "cache")
     assert Path(published).read_bytes() == (out / "clients" / "hospital-00" / WEIGHTS).read_bytes()
-    factory = json.loads((out / "clients" / "hospital-00" / "factory.json").read_text())
-    assert factory["config"]["checkpoint_every"] == 2
+    factories = [json.loads((out / "clients" / name / "factory.json").read_text())
+                 for name in ("hospital-00", "hospital-01")]
+    assert [f["config"]["checkpoint_every"] for f in factories] == [2, 2]
+    assert [f["train_stats"]["resumed_from_step"] for f in factories] == [0, 10]
 
 
 def test_resume_refuses_other_factory_options_and_removes_nothing(tmp_path):
