@@ -752,7 +752,7 @@ def _train_client(job: dict) -> ClientSummary:
     client, started = HospitalIdentity(**job["client"]), time.perf_counter()
     summary_file = Path(job["output_dir"]) / CLIENT_SUMMARY_FILE
     if job["resume"] and summary_file.is_file():
-        return _republish_client(client, Path(job["output_dir"]), summary_file)
+        return _republish_client(client, Path(job["output_dir"]), summary_file, job["dataset"])
     with library_progress_bars(False), cpu_threads(job["threads"]):
         published, metadata = run_client(
             job["dataset"], client.repo, FactoryConfig.from_dict(job["config"]), token=client.token,
@@ -779,16 +779,22 @@ def _train_client(job: dict) -> ClientSummary:
     return summary
 
 
-def _republish_client(client: HospitalIdentity, folder: Path, summary_file: Path) -> ClientSummary:
+def _republish_client(client: HospitalIdentity, folder: Path, summary_file: Path, dataset) -> ClientSummary:
     """A hospital whose factory an earlier run finished (``--resume``): publish its local copy (pipeline,
-    factory.json with the training stats and privacy audit, sample grid) to this run's endpoint, unchanged."""
+    factory.json with the training stats and privacy audit, sample grid) to this run's endpoint, unchanged.
+    Raises `DemoError` if the hospital's training images are not the ones the factory was trained on."""
     from PIL import Image
 
-    from .client import FACTORY_METADATA_FILE, publish_factory
+    from .client import FACTORY_METADATA_FILE, FactoryConfig, publish_factory
+    from .client_data import prepare_client_data
     from .pipeline import FactoryPipeline
 
     earlier = ClientSummary(**json.loads(summary_file.read_text()))
     metadata = json.loads((folder / FACTORY_METADATA_FILE).read_text())
+    data = prepare_client_data(dataset, FactoryConfig.from_dict(metadata["config"]), metadata["classes"])
+    if data.fingerprint != metadata["training_set_fingerprint"]:
+        raise DemoError(f"cannot resume {client.name}: the factory in {folder} was trained on other images than "
+                        "the hospital holds now (the dataset changed); drop --resume to train it afresh")
     pipeline = FactoryPipeline.from_pretrained(folder / "pipeline")
     with Image.open(folder / "samples.png") as grid:
         grid.load()

@@ -96,6 +96,13 @@ def test_resume_republishes_finished_factories_and_continues_an_interrupted_one(
     published = hf_hub_download(client.repo, "unet/diffusion_pytorch_model.safetensors",
                                 revision=resumed.clients[0].revision, token=client.token, cache_dir=tmp_path / "cache")
     assert Path(published).read_bytes() == (out / "clients" / "hospital-00" / WEIGHTS).read_bytes()
+    # A finished factory is reused only for the images it was trained on.
+    changed = demo.DataStage(**{**two_hospitals.__dict__,
+                                "client_sets": [two_hospitals.client_sets[0].select(range(39)),
+                                                two_hospitals.client_sets[1]]})
+    with pytest.raises(DemoError, match="cannot resume hospital-00: the factory .* was trained on other images"):
+        _train(hub, _config(out), changed)
+
     factories = [json.loads((out / "clients" / name / "factory.json").read_text())
                  for name in ("hospital-00", "hospital-01")]
     assert [f["config"]["checkpoint_every"] for f in factories] == [2, 2]
