@@ -185,6 +185,7 @@ def run_client(
     publish: bool = True,
     accelerator=None,
     progress: bool = True,
+    report_seconds: float = 0.0,
 ) -> tuple[PublishedFactory | None, dict]:
     """The whole client job: check data → train → audit → metadata → publish (one commit).
 
@@ -193,7 +194,8 @@ def run_client(
     invariant to the flips the factory was trained with (``config.flip``).
     """
     data = prepare_client_data(dataset, config, classes)
-    pipeline, stats = train_factory(data, config, accelerator=accelerator, output_dir=output_dir, progress=progress)
+    pipeline, stats = train_factory(data, config, accelerator=accelerator, output_dir=output_dir, progress=progress,
+                                    report_seconds=report_seconds)
     if accelerator is not None and not accelerator.is_main_process:
         return None, {}
     audit = audit_privacy(pipeline, data, flip=config.flip, samples_per_class=audit_samples_per_class,

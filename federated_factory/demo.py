@@ -372,6 +372,8 @@ def train_factories(config: DemoConfig, out: Path, server, fed: Federation, data
         {"endpoint": server.url, "client": asdict(client), "dataset": dataset, "config": factory_config.to_dict(),
          "output_dir": str(out / "clients" / client.name), "audit_samples": config.audit_samples_per_class,
          "threads": 1 if config.workers > 1 else 0, "progress": config.progress and config.workers == 1,
+         # in workers the bars are off: a line every 5 minutes shows that a long training advances
+         "report_seconds": 300.0 if config.progress and config.workers > 1 else 0.0,
          "resume": config.resume}
         for client, dataset in zip(fed.clients, data.client_sets)
     ]
@@ -757,6 +759,7 @@ def _train_client(job: dict) -> ClientSummary:
         published, metadata = run_client(
             job["dataset"], client.repo, FactoryConfig.from_dict(job["config"]), token=client.token,
             output_dir=job["output_dir"], audit_samples_per_class=job["audit_samples"], progress=job["progress"],
+            report_seconds=job["report_seconds"],
         )
         threads = torch.get_num_threads()
     stats, audit = metadata["train_stats"], metadata["privacy_audit"]

@@ -7,6 +7,7 @@ config and data: the seeds come from ``config.seed``, and a resumed run matches 
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -45,12 +46,15 @@ def train_factory(
     accelerator=None,
     output_dir: str | Path | None = None,
     progress: bool = True,
+    report_seconds: float = 0.0,
 ):
     """Train a `FactoryPipeline` on ``data`` and return ``(pipeline with EMA weights, TrainStats)``.
 
     Epsilon- or v-prediction DDPM objective, AdamW with linear warm-up and cosine decay, EMA weights,
     optional flips and classifier-free-guidance label dropout. With ``output_dir``, checkpoints are
-    written every ``config.checkpoint_every`` steps and a run resumes from the latest one.
+    written every ``config.checkpoint_every`` steps and a run resumes from the latest one. ``report_seconds``
+    > 0 prints one line to stderr (step, rate, loss) each time that many seconds have passed since the last:
+    the progress of a long training whose bar is off, such as one of several in worker processes.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -119,6 +123,7 @@ def train_factory(
         unit="step",
     )
     t0, seen = time.perf_counter(), 0
+    last_report = t0
     for step in bar:
         idx = torch.randint(0, len(images), (config.batch_size,), generator=generator)
         x0 = random_flips(images[idx], generator, horizontal=config.flip in ("h", "hv"), vertical=config.flip == "hv").to(device)
@@ -151,6 +156,11 @@ def train_factory(
         if step % 10 == 0 or step == config.train_steps - 1:
             rate = seen / max(1e-9, time.perf_counter() - t0)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", img_s=f"{rate:.0f}")
+        if report_seconds and accelerator.is_main_process and time.perf_counter() - last_report >= report_seconds:
+            last_report = time.perf_counter()
+            print(f"factory {'+'.join(data.class_names)[:30]}: step {step + 1}/{config.train_steps}, "
+                  f"{seen / max(1e-9, last_report - t0):.0f} images/s, loss {np.mean(losses[-50:]):.4f}",
+                  file=sys.stderr, flush=True)
         if ckpt_dir is not None and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
             _save_checkpoint(ckpt_dir, accelerator.unwrap_model(unet), ema, optimizer, lr_schedule, generator, step + 1,
                              losses, run=run)

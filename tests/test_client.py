@@ -96,6 +96,19 @@ def test_training_lowers_the_loss(factory):
     assert last < 0.8 * first, (first, last)
 
 
+def test_report_seconds_prints_progress_lines_and_changes_no_weight(mnist, capsys):
+    """A training whose bar is off (one of several in worker processes) reports a line per interval."""
+    data = prepare_client_data(digits(mnist, DIGITS[:2], 20), tiny(train_steps=6))
+    quiet, _ = train_factory(data, tiny(train_steps=6), progress=False)
+    capsys.readouterr()
+    reported, _ = train_factory(data, tiny(train_steps=6), progress=False, report_seconds=1e-9)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(": step ")[1].split(",")[0] for line in lines] == [f"{k}/6" for k in range(1, 7)]
+    assert all(line.startswith(f"factory {'+'.join(data.class_names)}: ") and "images/s, loss" in line for line in lines)
+    for a, b in zip(quiet.unet.state_dict().values(), reported.unet.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_auto_precision_trains_exactly_as_the_precision_it_resolves_to(mnist):
     """``mixed_precision="auto"`` (the `cpu` and `gpu` presets) is bf16 only where the device runs bf16 natively,
     else fp32: the same weights as the explicit setting it resolves to, and the resolved one is recorded."""
