@@ -66,6 +66,9 @@ def record_finished_factories(work_dir: Path, path: Path) -> int:
     from federated_factory.atomic import atomic_write_json
     from federated_factory.demo import CLIENT_SUMMARY_FILE
 
+    if not (work_dir / "clients").is_dir():
+        print(f"error: {work_dir} holds no clients/ folder: not the work dir of a demo run", file=sys.stderr)
+        return 2
     finished = {}
     for folder in sorted((work_dir / "clients").glob("*")):
         if not (folder / CLIENT_SUMMARY_FILE).is_file():
