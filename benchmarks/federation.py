@@ -64,6 +64,7 @@ def main() -> int:
 def record_finished_factories(work_dir: Path, path: Path) -> int:
     """Write what each finished hospital's factory.json says about its training and audit (no weights)."""
     from federated_factory.atomic import atomic_write_json
+    from federated_factory.client import FACTORY_METADATA_FILE
     from federated_factory.demo import CLIENT_SUMMARY_FILE
 
     if not (work_dir / "clients").is_dir():
@@ -73,7 +74,7 @@ def record_finished_factories(work_dir: Path, path: Path) -> int:
     for folder in sorted((work_dir / "clients").glob("*")):
         if not (folder / CLIENT_SUMMARY_FILE).is_file():
             continue
-        factory = json.loads((folder / "factory.json").read_text())
+        factory = json.loads((folder / FACTORY_METADATA_FILE).read_text())
         stats, audit = factory["train_stats"], factory["privacy_audit"]
         finished[folder.name] = {
             "classes": factory["classes"], "class_counts": factory["class_counts"], "steps": stats["steps"],
