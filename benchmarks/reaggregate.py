@@ -71,6 +71,7 @@ def main() -> int:
     finally:
         server.stop()
     evaluation = aggregation.evaluation
+    central = (results.get("centralized") or {}).get("accuracy")  # None when the run had --baselines without it
     out = {
         "command": "python benchmarks/reaggregate.py " + " ".join(sys.argv[1:]),
         "run": str(run),
@@ -78,15 +79,16 @@ def main() -> int:
         "synthesis": dataclasses.asdict(synthesis),
         "classifier": classifier,
         **{k: evaluation[k] for k in ("accuracy", "macro_f1", "auroc", "per_class_recall")},
-        "centralized_accuracy": results["centralized"]["accuracy"],
-        "vs_centralized": evaluation["accuracy"] / results["centralized"]["accuracy"],
+        "centralized_accuracy": central,
+        "vs_centralized": None if central is None else evaluation["accuracy"] / central,
         "synthesis_stats": aggregation.synthesis,
         "timings": {**aggregation.timings, "wall_seconds": seconds},
         "machine": {"platform": platform.platform(), "cpu_count": results["machine"]["cpu_count"]},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
-    print(f"accuracy {out['accuracy']:.4f} ({out['vs_centralized']:.3f} x centralized {out['centralized_accuracy']:.4f}); "
+    versus = f"{out['vs_centralized']:.3f} x centralized {central:.4f}" if central else "no centralized run to compare"
+    print(f"accuracy {out['accuracy']:.4f} ({versus}); "
           f"{aggregation.synthesis['images_generated']} images generated in {seconds:.0f} s")
     return 0
 

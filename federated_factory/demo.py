@@ -48,6 +48,7 @@ from .errors import DemoError
 
 
 MODES = ("server", "network", "both")
+BASELINES = ("centralized", "fedavg", "fedprox", "scaffold")  # what --baselines may name, in the order they run
 RUN_CONFIG_FILE = "demo_config.json"  # the options of the run that wrote an output dir (what --resume checks)
 CLIENT_SUMMARY_FILE = "client_summary.json"  # written in a hospital's dir once its factory is published
 # Kept by --resume: the hospitals' dirs and the synthesis chunk cache (keyed by factory content, class, seed and
@@ -88,7 +89,10 @@ class DemoConfig:
     fl_rounds: int = field(default=10, metadata={"help": "rounds of FedAvg / FedProx / SCAFFOLD"})
     fl_local_epochs: int = field(default=1, metadata={"help": "local epochs per round"})
     fedprox_mu: float = field(default=0.01, metadata={"help": "FedProx's proximal weight"})
-    scaffold: bool = field(default=False, metadata={"help": "also run SCAFFOLD (same rounds and local epochs)"})
+    baselines: str = field(default="centralized,fedavg,fedprox", metadata={
+        "help": "the real-data comparisons to run, comma-separated, among centralized, fedavg, fedprox, scaffold; "
+                "'none' for none (a benchmark whose baselines run elsewhere, e.g. benchmarks/evidence.py)"})
+    scaffold: bool = field(default=False, metadata={"help": "also run SCAFFOLD (same as adding it to --baselines)"})
     scaffold_lr: float = field(default=0.05, metadata={"help": "SCAFFOLD's local SGD learning rate"})
     mode: str = field(default="both", metadata={
         "help": "server: the aggregator trains one classifier; network: every hospital trains an expert and the "
@@ -120,12 +124,25 @@ class DemoConfig:
         if self.mode not in MODES:
             raise DemoError(f"DemoConfig.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         self.expert_epochs = self.expert_epochs or None
+        names = [] if self.baselines.strip().lower() == "none" else [b.strip() for b in self.baselines.split(",") if b.strip()]
+        unknown = [b for b in names if b not in BASELINES]
+        if unknown:
+            raise DemoError(f"DemoConfig.baselines: unknown baseline(s) {', '.join(map(repr, unknown))}; choose among "
+                            f"{', '.join(BASELINES)}, or 'none'")
+        if self.scaffold and "scaffold" not in names:
+            names.append("scaffold")
+        self.scaffold = "scaffold" in names
+        self.baselines = ",".join(b for b in BASELINES if b in names) or "none"
         if self.workers < 1:
             raise DemoError(f"DemoConfig.workers must be >= 1, got {self.workers}")
 
     def to_dict(self) -> dict:
         """Every field (what ``results.json`` records under ``config``)."""
         return asdict(self)
+
+    def baseline_names(self) -> list[str]:
+        """The baselines to run, in :data:`BASELINES` order (empty for ``--baselines none``)."""
+        return [b for b in self.baselines.split(",") if b in BASELINES]
 
 
 def demo_argument_parser(**kwargs: Any) -> argparse.ArgumentParser:
@@ -254,9 +271,9 @@ class NetworkStage:
 class BaselinesStage:
     """Each baseline's results (test metrics, history, communication) and wall time."""
 
-    centralized: dict
-    fedavg: dict
-    fedprox: dict
+    centralized: dict | None  # None: not run (--baselines)
+    fedavg: dict | None
+    fedprox: dict | None
     scaffold: dict | None
     seconds: dict[str, float]
 
@@ -273,31 +290,28 @@ class DemoResults:
     clients: list[dict]
     manifest: dict
     federated_factory: dict
-    centralized: dict
-    fedavg: dict
-    fedprox: dict
+    centralized: dict | None  # a baseline is None (and absent from results.json) when --baselines left it out
+    fedavg: dict | None
+    fedprox: dict | None
     scaffold: dict | None
     unlearning: dict | None
     timings: dict[str, float]
     network: dict | None = None  # network mode (product of experts + per-expert rows); None when not run
 
     def methods(self) -> dict[str, dict]:
-        """The compared methods' results by results.json key, in report order (a mode or SCAFFOLD only when
+        """The compared methods' results by results.json key, in report order (a mode or a baseline only when
         run)."""
-        rows = {}
-        if self.federated_factory is not None:
-            rows["federated_factory"] = self.federated_factory
-        if self.network is not None:
-            rows["network"] = self.network
-        rows.update({"fedavg": self.fedavg, "fedprox": self.fedprox})
-        if self.scaffold is not None:
-            rows["scaffold"] = self.scaffold
-        rows["centralized"] = self.centralized
-        return rows
+        rows = {"federated_factory": self.federated_factory, "network": self.network, "fedavg": self.fedavg,
+                "fedprox": self.fedprox, "scaffold": self.scaffold, "centralized": self.centralized}
+        return {key: row for key, row in rows.items() if row is not None}
+
+    def central_accuracy(self) -> float | None:
+        """The centralized model's test accuracy, the reference of "vs centralized" (None when not run)."""
+        return None if self.centralized is None else self.centralized["accuracy"]
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for key in ("scaffold", "network"):
+        for key in ("scaffold", "network", "centralized", "fedavg", "fedprox"):
             if out[key] is None:
                 del out[key]
         return out
@@ -433,29 +447,26 @@ def aggregate_factories(config: DemoConfig, out: Path, fed: Federation, data: Da
 
 
 def run_baselines(config: DemoConfig, data: DataStage, classifier, device="cpu") -> BaselinesStage:
-    """Centralized, FedAvg, FedProx (and SCAFFOLD when asked) on the hospitals' real data, same classifier."""
+    """The baselines ``config.baselines`` names (centralized, FedAvg, FedProx, SCAFFOLD) on the hospitals' real
+    data, with the same classifier; the others are None."""
     from .baselines import run_centralized, run_fedavg, run_scaffold
 
     seconds: dict[str, float] = {}
     federated = dict(rounds=config.fl_rounds, local_epochs=config.fl_local_epochs, seed=config.seed,
                      progress=config.progress, device=device)
 
-    def timed(key: str, run):
-        t0 = time.perf_counter()
-        result = run()
-        seconds[key] = time.perf_counter() - t0
-        return {k: v for k, v in result.items() if k != "model"}
-
     sets, test = data.client_sets, data.test
-    centralized = timed("centralized_seconds", lambda: run_centralized(sets, test, classifier, progress=config.progress))
-    fedavg = timed("fedavg_seconds", lambda: run_fedavg(sets, test, classifier, mu=0.0, **federated))
-    fedprox = timed("fedprox_seconds", lambda: run_fedavg(sets, test, classifier, mu=config.fedprox_mu, **federated))
-    scaffold = None
-    if config.scaffold:
-        scaffold = timed("scaffold_seconds",
-                         lambda: run_scaffold(sets, test, classifier, local_lr=config.scaffold_lr, **federated))
-    return BaselinesStage(centralized=centralized, fedavg=fedavg, fedprox={**fedprox, "mu": config.fedprox_mu},
-                          scaffold=scaffold, seconds=seconds)
+    runs = {"centralized": lambda: run_centralized(sets, test, classifier, progress=config.progress),
+            "fedavg": lambda: run_fedavg(sets, test, classifier, mu=0.0, **federated),
+            "fedprox": lambda: {**run_fedavg(sets, test, classifier, mu=config.fedprox_mu, **federated),
+                                "mu": config.fedprox_mu},
+            "scaffold": lambda: run_scaffold(sets, test, classifier, local_lr=config.scaffold_lr, **federated)}
+    results: dict[str, dict | None] = dict.fromkeys(BASELINES)
+    for name in config.baseline_names():
+        t0 = time.perf_counter()
+        results[name] = {k: v for k, v in runs[name]().items() if k != "model"}
+        seconds[f"{name}_seconds"] = time.perf_counter() - t0
+    return BaselinesStage(**results, seconds=seconds)
 
 
 def train_network_experts(config: DemoConfig, out: Path, fed: Federation, data: DataStage, factories: FactoriesStage,
@@ -655,11 +666,14 @@ def _run_stages(config: DemoConfig, out: Path, server) -> DemoResults:
     # federation's stages run here (each is single-threaded, so its numbers do not depend on where it runs),
     # and this process runs one thread: two processes with one thread each on 2 cores, where a multi-thread
     # synthesis beside a busy side process ran at a quarter of its idle rate.
+    # The thread count does not depend on which baselines run (--baselines none keeps one thread here): the
+    # synthetic chunks are then the same bits whatever baselines a run compares against.
     side = config.workers > 1
     baselines_job = {"config": dataclasses.replace(config, progress=config.progress and not side), "data": data,
                      "classifier": classifier, "device": str(accelerator.device)}
     threads = 1 if side and accelerator.device.type == "cpu" else 0
-    with side_process(_baselines_job, baselines_job, enabled=side) as baselines_result, cpu_threads(threads):
+    with side_process(_baselines_job, baselines_job, enabled=side and bool(config.baseline_names())) \
+            as baselines_result, cpu_threads(threads):
         aggregation = network = None
         if config.mode != "network":
             aggregation = aggregate_factories(config, out, fed, data, factories, accelerator, manifest, classifier)
@@ -849,11 +863,12 @@ def print_summary(results: DemoResults) -> None:
     labels = {"federated_factory": "FederatedFactory (synthetic only)",
               "network": "FederatedFactory (network, experts)", "fedavg": "FedAvg", "fedprox": "FedProx",
               "scaffold": "SCAFFOLD", "centralized": "Centralized (real data)"}
-    central = results.centralized["accuracy"]
+    central = results.central_accuracy()
     print()
     print(f"{'method':36s} {'accuracy':>9s} {'macro-F1':>9s} {'AUROC':>7s} {'vs central':>11s}")
     for key, r in results.methods().items():
-        print(f"{labels[key]:36s} {r['accuracy']:9.4f} {r['macro_f1']:9.4f} {r['auroc']:7.4f} {r['accuracy'] / central:10.1%}")
+        versus = f"{r['accuracy'] / central:10.1%}" if central else f"{'—':>10s}"
+        print(f"{labels[key]:36s} {r['accuracy']:9.4f} {r['macro_f1']:9.4f} {r['auroc']:7.4f} {versus}")
     if results.network:
         for row in results.network["experts"]:
             print(f"  expert {row['hospital']} (own: {', '.join(row['own_classes'])}): own-validation accuracy "

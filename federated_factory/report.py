@@ -37,6 +37,28 @@ def _comm(results: DemoResults, key: str) -> tuple[float, float]:
     return c.get("uploaded_bytes_per_client", float("nan")), c.get("total_bytes", float("nan"))
 
 
+def _federated_baselines_sentence(results: DemoResults) -> str:
+    """What the FedAvg family ran, or which baselines the run left out (``--baselines``)."""
+    cfg = results.config
+    ran = [name for name, row in (("FedAvg", results.fedavg), ("FedProx", results.fedprox),
+                                  ("SCAFFOLD", results.scaffold)) if row is not None]
+    left_out = [name for name, row in (("centralized", results.centralized), ("FedAvg", results.fedavg),
+                                       ("FedProx", results.fedprox)) if row is None]
+    sentence = ""
+    if ran:
+        details = [f"FedProx mu={results.fedprox['mu']}"] if results.fedprox is not None else []
+        if results.scaffold is not None:
+            details.append(f"SCAFFOLD local SGD at lr {results.scaffold['local_lr']}, control variates")
+        sentence = (f"{' and '.join(ran)} ran {cfg['fl_rounds']} rounds of {cfg['fl_local_epochs']} local epoch(s)"
+                    + (f" ({'; '.join(details)})" if details else "")
+                    + "; their reported round was chosen on the clients' validation slices, never on the test set. ")
+    if left_out:
+        sentence += (f"Not run here (`--baselines {cfg.get('baselines', '')}`): {', '.join(left_out)}"
+                     + ("; the accuracy-vs-centralized column is therefore empty" if results.centralized is None
+                        else "") + ".")
+    return sentence.strip()
+
+
 def render_report(results_dir: str | Path) -> Path:
     """Write ``report.md`` (and the charts derived from ``results.json``) into ``results_dir``."""
     from .plots import bar_chart
@@ -48,7 +70,7 @@ def render_report(results_dir: str | Path) -> Path:
         raise ReportError(f"{out}: no results.json here; pass the output folder of `federated-factory demo`")
     results = DemoResults.load(out)
     cfg = results.config
-    central = results.centralized["accuracy"]
+    central = results.central_accuracy()
     scores = results.methods()
     methods = [(key, label) for key, label in METHODS if key in scores]
 
@@ -75,18 +97,17 @@ def render_report(results_dir: str | Path) -> Path:
     stage_time = {
         "federated_factory": results.timings["clients_seconds"] + results.timings.get("aggregation_seconds", 0.0),
         "network": results.timings["clients_seconds"] + results.timings.get("network_seconds", 0.0),
-        "fedavg": results.timings["fedavg_seconds"],
-        "fedprox": results.timings["fedprox_seconds"],
-        "scaffold": results.timings.get("scaffold_seconds", float("nan")),
-        "centralized": results.timings["centralized_seconds"],
+        **{key: results.timings.get(f"{key}_seconds", float("nan")) for key in ("fedavg", "fedprox", "scaffold",
+                                                                                   "centralized")},
     }
     for key, label in methods:
         r = scores[key]
         up, total = _comm(results, key)
         up_s = "—" if up != up else _mb(up)
         total_s = "— (data pooled)" if total != total else _mb(total)
+        versus = f"{r['accuracy'] / central:.1%}" if central else "— (not run)"
         lines.append(f"| {label} | {r['accuracy']:.2%} | {r['macro_f1']:.4f} | {r['auroc']:.4f} | "
-                     f"{r['accuracy'] / central:.1%} | {up_s} | {total_s} | {stage_time[key]:.0f} s |")
+                     f"{versus} | {up_s} | {total_s} | {stage_time[key]:.0f} s |")
     ff = results.federated_factory
     lines += [
         "",
@@ -101,11 +122,7 @@ def render_report(results_dir: str | Path) -> Path:
            f"chunks generated{': the rest came from the aggregator' + chr(39) + 's cache' if ff else ''}); the federation "
            f"predicts with their product. "
            if results.network else "")
-        + f"FedAvg and FedProx (mu={results.fedprox['mu']}) ran {cfg['fl_rounds']} rounds of {cfg['fl_local_epochs']} local "
-        f"epoch(s)"
-        + (f" and so did SCAFFOLD (local SGD at lr {results.scaffold['local_lr']}, control variates)"
-           if results.scaffold is not None else "")
-        + "; their reported round was chosen on the clients' validation slices, never on the test set.",
+        + _federated_baselines_sentence(results),
         "",
     ]
     if results.network:

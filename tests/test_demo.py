@@ -143,6 +143,58 @@ def test_demo_flags_are_generated_from_the_config_dataclass():
         DemoConfig(mode="peer-to-peer")
 
 
+def test_baselines_option_names_the_comparisons_to_run():
+    """--baselines picks the real-data comparisons; --scaffold adds SCAFFOLD; a wrong name is refused by name."""
+    from federated_factory.demo import DemoConfig, config_from_args, demo_argument_parser
+    from federated_factory.errors import DemoError
+
+    parser = demo_argument_parser()
+    assert DemoConfig().baseline_names() == ["centralized", "fedavg", "fedprox"]
+    assert config_from_args(parser.parse_args(["--baselines", "none"])).baseline_names() == []
+    chosen = config_from_args(parser.parse_args(["--baselines", "fedprox, centralized", "--scaffold"]))
+    assert chosen.baseline_names() == ["centralized", "fedprox", "scaffold"] and chosen.scaffold is True
+    assert DemoConfig(baselines="scaffold").scaffold is True
+    with pytest.raises(DemoError, match="'fedsgd'"):
+        DemoConfig(baselines="fedavg,fedsgd")
+
+
+def test_run_baselines_runs_only_the_named_baselines(tmp_path):
+    from federated_factory.classifier import ClassifierConfig
+    from federated_factory.demo import DemoConfig, prepare_data, run_baselines
+
+    config = DemoConfig(baselines="fedavg", fl_rounds=1, progress=False)
+    data = prepare_data(config, tmp_path)
+    small = ClassifierConfig(epochs=1)
+    stage = run_baselines(config, data, small)
+    assert stage.centralized is None and stage.fedprox is None and stage.scaffold is None
+    assert 0.0 <= stage.fedavg["accuracy"] <= 1.0 and "model" not in stage.fedavg
+    assert list(stage.seconds) == ["fedavg_seconds"]
+
+
+def test_report_of_a_run_without_baselines_says_what_was_left_out(demo_run, tmp_path):
+    """A results.json without centralized / FedAvg / FedProx (``--baselines none``) renders: their rows are
+    absent, the vs-centralized column is empty, and the report names what was not run."""
+    import shutil
+
+    from federated_factory.demo import DemoResults
+    from federated_factory.report import render_report
+
+    out, results, _ = demo_run
+    stripped = {k: v for k, v in results.items() if k not in ("centralized", "fedavg", "fedprox", "scaffold")}
+    stripped["config"] = {**results["config"], "baselines": "none", "scaffold": False}
+    stripped["timings"] = {k: v for k, v in results["timings"].items()
+                           if k.split("_")[0] not in ("centralized", "fedavg", "fedprox", "scaffold")}
+    (tmp_path / "results.json").write_text(json.dumps(stripped))
+    for picture in ("partition_heatmap.png",):
+        shutil.copy(out / picture, tmp_path / picture)
+    assert list(DemoResults.load(tmp_path).methods()) == ["federated_factory", "network"]
+    report = render_report(tmp_path).read_text()
+    assert "| FedAvg |" not in report and "| Centralized |" not in report
+    assert f"| FederatedFactory (server) | {results['federated_factory']['accuracy']:.2%} |" in report
+    assert "— (not run)" in report
+    assert "Not run here (`--baselines none`): centralized, FedAvg, FedProx" in report
+
+
 def test_results_are_a_dataclass_whose_dict_is_results_json(demo_run):
     from federated_factory.demo import DemoResults
 
