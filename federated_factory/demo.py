@@ -13,7 +13,7 @@ One function per stage, each returning a typed result (all numbers land in `resu
    synthesizes, trains, evaluates and publishes the classifier and the synthetic dataset (through
    `accelerate`) → :class:`AggregationStage`;
 5. :func:`run_baselines`: FedAvg, FedProx (and SCAFFOLD) and a centralized model train on the same
-   partitions with the same classifier → :class:`BaselinesStage`;
+   partitions with the same classifier (``--baselines`` picks them) → :class:`BaselinesStage`;
 6. :func:`train_network_experts` (``--mode network`` or ``both``): the network-of-hospitals mode; every
    hospital trains its own expert on its partition plus the synthetic images of the classes it lacks (the
    aggregator's cached chunks), and the experts are combined into the product-of-experts federation model
@@ -124,7 +124,9 @@ class DemoConfig:
         if self.mode not in MODES:
             raise DemoError(f"DemoConfig.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         self.expert_epochs = self.expert_epochs or None
-        names = [] if self.baselines.strip().lower() == "none" else [b.strip() for b in self.baselines.split(",") if b.strip()]
+        names = [b.strip() for b in self.baselines.split(",") if b.strip()]
+        if [b.lower() for b in names] == ["none"]:
+            names = []
         unknown = [b for b in names if b not in BASELINES]
         if unknown:
             raise DemoError(f"DemoConfig.baselines: unknown baseline(s) {', '.join(map(repr, unknown))}; choose among "
