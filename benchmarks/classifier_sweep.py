@@ -6,6 +6,10 @@ of an aggregation, or a FedCVAE-Ens set), so the sweep isolates the classifier's
 generators'. Each setting is `name:key=value,key=value` over `ClassifierConfig` fields. Every setting is
 scored on the `validation` split of `--data` (never on `test`); the best by `--metric` is the chosen one.
 
+A classifier already trained on the same synthetic dataset (a `save_classifier` folder, such as a run's
+`aggregate/classifier`) enters as a candidate with `--trained NAME=DIR`: it is scored on `validation` like
+the others, without training it again, and its settings are read from its folder.
+
 The test split is read only with `--final-test`, after the choice, and only for the chosen setting (the
 model already trained for it is evaluated once); the result is stored apart, under `final_test`.
 
@@ -14,7 +18,7 @@ model already trained for it is evaluated once); the result is stored apart, und
         e10:epochs=10,hflip=true,vflip=true e30:epochs=30,hflip=true,vflip=true [--final-test]
 
 Metrics: `accuracy`, `balanced_accuracy` (mean per-class recall), `macro_f1`, `auroc` (macro one-vs-rest).
-Ties go to the earlier setting on the command line. Results are written atomically after every setting.
+Ties go to the earlier candidate: the `--trained` ones first, then the settings in command-line order. Results are written atomically after every setting.
 """
 
 from __future__ import annotations
@@ -62,14 +66,23 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--channels", type=int, default=3)
     parser.add_argument("--out", required=True)
-    parser.add_argument("settings", nargs="+", help="name:key=value,... over ClassifierConfig fields")
+    parser.add_argument("--trained", action="append", default=[], metavar="NAME=DIR",
+                        help="a classifier already trained on --synthetic (save_classifier folder), scored as a "
+                             "candidate; repeatable")
+    parser.add_argument("settings", nargs="*", help="name:key=value,... over ClassifierConfig fields")
     args = parser.parse_args()
+    trained_dirs = [text.partition("=")[::2] for text in args.trained]
+    for name, folder in trained_dirs:
+        if not name or not (Path(folder) / "config.json").is_file():
+            parser.error(f"--trained {name}={folder}: expected NAME=DIR with a save_classifier folder (config.json)")
+    if not args.settings and not trained_dirs:
+        parser.error("give at least one setting or --trained candidate")
 
     import torch
     from datasets import load_from_disk
 
     from federated_factory.atomic import atomic_write_json
-    from federated_factory.classifier import ClassifierConfig, evaluate_classifier, train_classifier
+    from federated_factory.classifier import ClassifierConfig, evaluate_classifier, load_classifier, train_classifier
     from federated_factory.data import load_image_dataset
 
     types = {f.name: {"int": int, "float": float, "bool": bool}.get(str(f.type), str) for f in fields(ClassifierConfig)}
@@ -80,26 +93,35 @@ def main() -> int:
               "synthetic": args.synthetic, "synthetic_rows": len(synthetic), "selection_split": "validation",
               "metric": args.metric,
               "machine": {"platform": platform.platform(), "torch": torch.__version__}, "results": []}
+
+    def candidates():
+        """(name, row without scores, model, label names) for every candidate, in tie-breaking order."""
+        for name, folder in trained_dirs:
+            loaded = load_classifier(folder)
+            settings = loaded.config.to_dict() if loaded.config else {}
+            yield name, {"settings": settings, "trained_from": folder}, loaded.model, loaded.label_names
+        for name, values in parsed:
+            t0 = time.perf_counter()
+            trained = train_classifier(synthetic, ClassifierConfig(**values), progress=False)
+            yield name, {"settings": values, "best_epoch": trained.best_epoch,
+                         "best_synthetic_val_accuracy": trained.best_val_accuracy,
+                         "seconds": time.perf_counter() - t0}, trained.model, trained.label_names
+
     best = None
-    for name, values in parsed:
-        config = ClassifierConfig(**values)
-        t0 = time.perf_counter()
-        trained = train_classifier(synthetic, config, progress=False)
-        row = {"name": name, "settings": values, "validation": scores(
-            evaluate_classifier(trained.model, validation, trained.label_names)),
-            "best_epoch": trained.best_epoch, "best_synthetic_val_accuracy": trained.best_val_accuracy,
-            "seconds": time.perf_counter() - t0}
+    for name, row, model, label_names in candidates():
+        row = {"name": name, **row, "validation": scores(evaluate_classifier(model, validation, label_names))}
+        row.setdefault("seconds", 0.0)
         record["results"].append(row)
         value = row["validation"][args.metric]
         if best is None or (value is not None and value > best[1]):
-            best = (name, value, trained)
+            best = (name, value, (model, label_names))
         print(f"{name:24s} validation {args.metric} {value:.4f}  ({row['seconds']:.0f} s)", flush=True)
         record["chosen"] = best[0]
         atomic_write_json(args.out, record)
     if args.final_test:
-        name, _, trained = best
+        name, _, (model, label_names) = best
         test = load_image_dataset(args.data, split="test", image_size=args.image_size, channels=args.channels)
-        record["final_test"] = {"setting": name, **scores(evaluate_classifier(trained.model, test, trained.label_names))}
+        record["final_test"] = {"setting": name, **scores(evaluate_classifier(model, test, label_names))}
         atomic_write_json(args.out, record)
         print(f"chosen {name}: test accuracy {record['final_test']['accuracy']:.4f} (read once)", flush=True)
     return 0
