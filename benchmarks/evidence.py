@@ -303,21 +303,34 @@ def run_method(args, data: Data, partition: str, method: str, seeds: list[int]) 
 
 
 def import_ff(args) -> None:
-    """Record a FederatedFactory number from a federation.py results.json or a reaggregate.py JSON."""
+    """Record a FederatedFactory number from a federation.py results.json or a reaggregate.py JSON; with
+    ``--sweep``, the server mode's test metrics are those of the classifier setting chosen on validation
+    (classifier_sweep.py's ``final_test``), and the run gives the rest (timings, bytes, machine)."""
+    if args.sweep and args.method != "ff-server":
+        raise SystemExit("--sweep chooses the server mode's classifier: use it with --method ff-server")
     data = json.loads(Path(args.results).read_text())
     mode = "network" if args.method == "ff-network" else "federated_factory"  # results.json keys of the two modes
-    ff = data.get(mode) or ({} if mode == "network" else data)  # a reaggregate.py JSON is the server row itself
-    if "accuracy" not in ff:
+    row = data.get(mode) or ({} if mode == "network" else data)  # a reaggregate.py JSON is the server row itself
+    if "accuracy" not in row:
         raise SystemExit(f"{args.results}: no FederatedFactory {mode.replace('federated_factory', 'server')} "
                          "mode accuracy found")
-    recall = ff.get("per_class_recall") or {}
-    test = {"accuracy": ff["accuracy"], "auroc": ff.get("auroc"), "macro_f1": ff.get("macro_f1"),
+    metrics, selection = row, None
+    if args.sweep:  # the classifier setting chosen on validation by classifier_sweep.py on this run's synthetic set
+        sweep = json.loads(Path(args.sweep).read_text())
+        if sweep.get("selection_split") != "validation" or "final_test" not in sweep:
+            raise SystemExit(f"{args.sweep}: not a classifier_sweep.py result chosen on validation and read once on "
+                             "test (--final-test)")
+        metrics = sweep["final_test"]
+        selection = {"sweep": str(args.sweep), "chosen": sweep["chosen"], "metric": sweep["metric"],
+                     "candidates": {row["name"]: row["validation"][sweep["metric"]] for row in sweep["results"]}}
+    recall = metrics.get("per_class_recall") or {}
+    test = {"accuracy": metrics["accuracy"], "auroc": metrics.get("auroc"), "macro_f1": metrics.get("macro_f1"),
             "balanced_accuracy": sum(recall.values()) / len(recall) if recall else None, "per_class_recall": recall}
-    timings = {**(data.get("timings") or {}), **(ff.get("timings") or {})}
-    communication = ff.get("communication") or ff.get("synthesis_stats")
+    timings = {**(data.get("timings") or {}), **(row.get("timings") or {})}
+    communication = row.get("communication") or row.get("synthesis_stats")
     record = {"stage": "final", "seed": args.seed, "test": test, "timings": timings, "bytes": communication,
               "source": str(args.results), "source_command": data.get("command"),
-              "source_machine": data.get("machine"), "note": args.note}
+              "source_machine": data.get("machine"), "selection": selection, "note": args.note}
     save_stage(stage_path(Path(args.out), args.dataset, args.partition, args.method, f"seed{args.seed}"), record)
 
 
@@ -403,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--seed", type=int, required=True)
     imp.add_argument("--method", required=True, choices=("ff-server", "ff-network"))
     imp.add_argument("--results", required=True)
+    imp.add_argument("--sweep", help="ff-server: take the test metrics of the classifier setting that "
+                     "classifier_sweep.py chose on validation for this run's synthetic set (its final_test)")
     imp.add_argument("--note", default="")
     sub.add_parser("table", help="render TABLE.md")
     args = parser.parse_args(argv)

@@ -109,6 +109,31 @@ def test_import_of_the_network_mode_reads_the_network_row_of_a_run_with_both_mod
                        "silos", "--seed", "1", "--method", "ff-network", "--results", str(results)])
 
 
+def test_import_with_a_sweep_takes_the_validation_chosen_setting_s_test_number(evidence, tmp_path):
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"federated_factory": {"accuracy": 0.9, "communication": {"total_bytes": 7}},
+                                   "timings": {"clients_seconds": 10.0}}))
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps({"selection_split": "validation", "metric": "accuracy", "chosen": "e20",
+                                 "results": [{"name": "run-e30", "validation": {"accuracy": 0.91}},
+                                             {"name": "e20", "validation": {"accuracy": 0.93}}],
+                                 "final_test": {"setting": "e20", "accuracy": 0.8, "per_class_recall": {"a": 0.8}}}))
+    command = ["--out", str(tmp_path / "out"), "import", "--dataset", "blood-cells-32", "--partition", "silos",
+               "--seed", "0", "--results", str(results), "--sweep", str(sweep)]
+    evidence.main([*command, "--method", "ff-server"])
+    record = json.loads((tmp_path / "out/blood-cells-32/silos/ff-server/seed0.json").read_text())
+    assert record["test"]["accuracy"] == 0.8  # the chosen setting's one test read, not the run's 0.9
+    assert record["selection"]["chosen"] == "e20" and record["selection"]["candidates"] == {"run-e30": 0.91,
+                                                                                            "e20": 0.93}
+    assert record["bytes"] == {"total_bytes": 7} and record["timings"]["clients_seconds"] == 10.0
+    with pytest.raises(SystemExit, match="use it with --method ff-server"):
+        evidence.main([*command, "--method", "ff-network"])
+    sweep.write_text(json.dumps({"selection_split": "validation", "metric": "accuracy", "chosen": "e20",
+                                 "results": []}))  # chosen, but test never read: nothing to report
+    with pytest.raises(SystemExit, match="read once on test"):
+        evidence.main([*command, "--method", "ff-server"])
+
+
 def test_baseline_methods_report_validation_metrics_bytes_and_a_model(evidence):
     from federated_factory.classifier import evaluate_classifier
     from federated_factory.partition import partition_dataset
