@@ -80,6 +80,8 @@ def record_finished_factories(work_dir: Path, path: Path) -> int:
             "classes": factory["classes"], "class_counts": factory["class_counts"], "steps": stats["steps"],
             "images_per_second": stats["images_per_second"], "train_seconds": stats["wall_seconds"],
             "final_loss": stats["final_loss"], "precision": stats.get("precision"),
+            # A factory continued from a checkpoint: its rate and train time cover the steps after this one.
+            "resumed_from_step": stats.get("resumed_from_step", 0),
             "privacy_copy_rate": audit["copy_rate"], "privacy_passed": audit["passed"],
             "training_set_fingerprint": factory["training_set_fingerprint"],
         }
