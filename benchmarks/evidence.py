@@ -161,7 +161,8 @@ def fedcvae_once(args, data: Data, overrides: dict, seed: int) -> tuple[dict, ob
 
     cvae = CVAEConfig(train_steps=args.cvae_steps, batch_size=args.cvae_batch_size, **overrides)
     result = run_fedcvae(data.train, data.partition, cvae=cvae, classifier=classifier_config(args, data, seed),
-                         samples_per_class=args.samples_per_class, seed=seed, channels=data.spec["channels"])
+                         samples_per_class=args.samples_per_class, seed=seed, channels=data.spec["channels"],
+                         progress=True)
     t0 = time.perf_counter()
     validation = scores(evaluate_classifier(result.trained.model, data.validation, result.trained.label_names))
     timings = {**result.timings, "validation_seconds": time.perf_counter() - t0}
@@ -176,7 +177,7 @@ def fl_once(args, data: Data, method: str, lr: float, seed: int) -> tuple[dict, 
     from federated_factory.baselines import run_fedavg, run_scaffold
 
     config = dataclasses.replace(classifier_config(args, data, seed), lr=lr)
-    common = dict(rounds=args.fl_rounds, local_epochs=args.fl_local_epochs, seed=seed, progress=False,
+    common = dict(rounds=args.fl_rounds, local_epochs=args.fl_local_epochs, seed=seed, progress=True,
                   return_model=True)
     t0 = time.perf_counter()
     if method == "scaffold":  # local SGD: lr is SCAFFOLD's local learning rate
@@ -247,6 +248,11 @@ def once(args, data: Data, method: str, setting: dict, seed: int):
     return centralized_once(args, data, seed)
 
 
+def announce(data: Data, partition: str, method: str, what: str, seed: int) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {data.name} / {partition} / {method} {what} seed {seed}: training",
+          flush=True)
+
+
 def run_method(args, data: Data, partition: str, method: str, seeds: list[int]) -> None:
     """Select on validation (seed 0, one file per candidate), then one file per seed with the test number."""
     from federated_factory.classifier import evaluate_classifier
@@ -262,6 +268,7 @@ def run_method(args, data: Data, partition: str, method: str, seeds: list[int]) 
             if path.exists():
                 record = json.loads(path.read_text())
             else:
+                announce(data, partition, method, f"candidate {name}", args.select_seed)
                 record, model = once(args, data, method, setting, args.select_seed)
                 record = {**record, "setting": setting, "seed": args.select_seed, "stage": "select"}
                 if getattr(args, "keep_models", True):
@@ -288,6 +295,7 @@ def run_method(args, data: Data, partition: str, method: str, seeds: list[int]) 
             model, label_names = reuse
             record["reused_from"] = f"select-{chosen}"
         else:
+            announce(data, partition, method, f"chosen {chosen}" if chosen else "", seed)
             record, (model, label_names) = once(args, data, method, grid.get(chosen, {}), seed)
         t1 = time.perf_counter()
         test = scores(evaluate_classifier(model, data.test(), label_names))  # the one read of test for this number

@@ -334,13 +334,19 @@ def run_fedcvae(
     classifier = dataclasses.replace(classifier or ClassifierConfig(), seed=seed)
     label_space = _label_names(train_ds, "train_ds")
     t0 = time.perf_counter()
-    uploads = [
-        train_client_cvae(partition.client_dataset(train_ds, i), label_space, cvae, client=name, channels=channels)
-        for i, name in enumerate(partition.client_names)
-    ]
+    uploads = []
+    for i, name in enumerate(partition.client_names):
+        uploads.append(train_client_cvae(partition.client_dataset(train_ds, i), label_space, cvae, client=name,
+                                         channels=channels))
+        if progress:
+            print(f"fedcvae: {name} trained its CVAE ({i + 1}/{len(partition.client_names)}) in "
+                  f"{uploads[-1].seconds:.0f} s", flush=True)
     t1 = time.perf_counter()
     synthetic = sample_synthetic(uploads, label_space, samples_per_class, seed=seed)
     t2 = time.perf_counter()
+    if progress:
+        print(f"fedcvae: sampled {len(synthetic)} synthetic images in {t2 - t1:.0f} s; training the classifier",
+              flush=True)
     trained = train_classifier(synthetic, classifier, progress=progress)
     t3 = time.perf_counter()
     return FedCVAEResult(uploads, synthetic, trained, {

@@ -71,7 +71,7 @@ def uploads(train, shared_partition):
             for i, name in enumerate(shared_partition.client_names)]
 
 
-def test_each_client_cvae_trains_on_its_own_rows_only(train, shared_partition, monkeypatch):
+def test_each_client_cvae_trains_on_its_own_rows_only(train, shared_partition, monkeypatch, capsys):
     seen = {}
     real = fedcvae.train_client_cvae
 
@@ -81,7 +81,12 @@ def test_each_client_cvae_trains_on_its_own_rows_only(train, shared_partition, m
 
     monkeypatch.setattr(fedcvae, "train_client_cvae", spy)
     result = run_fedcvae(train, shared_partition, cvae=SMALL, classifier=ClassifierConfig(epochs=1, batch_size=16),
-                         samples_per_class=8)
+                         samples_per_class=8, progress=True)
+    progress = capsys.readouterr().out  # long runs say which client finished and when the classifier starts
+    n = len(shared_partition.client_names)
+    for i, name in enumerate(shared_partition.client_names):
+        assert f"fedcvae: {name} trained its CVAE ({i + 1}/{n})" in progress
+    assert f"fedcvae: sampled {8 * len(NAMES)} synthetic images" in progress
     everything = pixels(train)
     counts = shared_partition.counts(train)
     assert list(seen) == shared_partition.client_names
