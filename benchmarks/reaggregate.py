@@ -6,7 +6,15 @@ script serves that Hub data again on loopback (a fresh read token for the aggreg
 hospitals' organisations re-declared), loads the run's resolved manifest (every factory pinned to the sha
 it was published at), changes only the settings given, and aggregates without publishing. Chunks already
 in the cache are reused (the first N images of every stream are the same for any samples-per-class), so
-only the extra images are generated. The result JSON holds the test metrics, per-class recall and timings.
+only the extra images are generated. The result JSON holds the metrics on `--evaluation-split` (the
+manifest's, normally test), per-class recall and timings.
+
+To choose a setting on validation (issue 14's protocol), score the candidates with `--evaluation-split
+validation`, then let `classifier_sweep.py --trained NAME=<run>/reaggregate-<tag>/classifier ... --final-test`
+pick one on validation and read test once for it:
+
+    python benchmarks/reaggregate.py --run ../runs/blood-cells-32-silos-cpu-both --samples-per-class 1000 \
+        --evaluation-split validation --out benchmarks/results/blood-cells-32-silos-cpu-both/s1000-validation.json
 
     python benchmarks/reaggregate.py --run runs/blood-cells-32-silos-cpu --samples-per-class 1000 \\
         --out benchmarks/results/blood-cells-32-silos-cpu/resample-1000-per-class.json
@@ -31,6 +39,8 @@ def main() -> int:
     parser.add_argument("--num-inference-steps", type=int, default=None)
     parser.add_argument("--classifier-epochs", type=int, default=None)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="synthesis precision")
+    parser.add_argument("--evaluation-split", default=None,
+                        help="score on this split of the manifest's evaluation dataset instead of its own (test)")
     parser.add_argument("--out", required=True, help="result JSON")
     args = parser.parse_args()
     run = Path(args.run)
@@ -55,8 +65,11 @@ def main() -> int:
     classifier = dict(manifest.classifier)
     if args.classifier_epochs:
         classifier["epochs"] = args.classifier_epochs
+    evaluation_spec = dict(manifest.evaluation)
+    if args.evaluation_split:
+        evaluation_spec["split"] = args.evaluation_split
     tag = f"s{synthesis.samples_per_class}-n{synthesis.num_inference_steps}-{synthesis.precision}-e{classifier.get('epochs')}"
-    manifest = dataclasses.replace(manifest, synthesis=synthesis, classifier=classifier, publish={},
+    manifest = dataclasses.replace(manifest, synthesis=synthesis, classifier=classifier, publish={}, evaluation=evaluation_spec,
                                    output_dir=str(run / f"reaggregate-{tag}"))
 
     token = f"hf_{secrets.token_hex(16)}"
@@ -78,17 +91,22 @@ def main() -> int:
         "factories": [f"{f.repo}@{f.revision}" for f in manifest.factories],
         "synthesis": dataclasses.asdict(synthesis),
         "classifier": classifier,
+        "evaluation_split": evaluation_spec.get("split", "test"),
+        "num_evaluated": int(sum(map(sum, evaluation["confusion_matrix"]))),
         **{k: evaluation[k] for k in ("accuracy", "macro_f1", "auroc", "per_class_recall")},
+        # the run's centralized number is on test: a ratio only makes sense for a test score
         "centralized_accuracy": central,
-        "vs_centralized": None if central is None else evaluation["accuracy"] / central,
+        "vs_centralized": None if central is None or args.evaluation_split not in (None, "test")
+        else evaluation["accuracy"] / central,
         "synthesis_stats": aggregation.synthesis,
         "timings": {**aggregation.timings, "wall_seconds": seconds},
         "machine": {"platform": platform.platform(), "cpu_count": results["machine"]["cpu_count"]},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
-    versus = f"{out['vs_centralized']:.3f} x centralized {central:.4f}" if central else "no centralized run to compare"
-    print(f"accuracy {out['accuracy']:.4f} ({versus}); "
+    versus = (f"{out['vs_centralized']:.3f} x centralized {central:.4f}" if out["vs_centralized"]
+              else "no centralized test number to compare")
+    print(f"{out['evaluation_split']} accuracy {out['accuracy']:.4f} ({versus}); "
           f"{aggregation.synthesis['images_generated']} images generated in {seconds:.0f} s")
     return 0
 

@@ -255,3 +255,26 @@ def test_compare_runs_reports_a_changed_row_and_a_changed_model(demo_run, tmp_pa
     assert report["differences"][0] == "synthetic row 3 differs"
     assert report["differences"][1].startswith("expert weights differ")
     assert len(report["differences"]) == 2
+
+
+def test_reaggregate_scores_a_candidate_on_the_split_it_is_told(demo_run, tmp_path):
+    """benchmarks/reaggregate.py --evaluation-split: a re-aggregation that never reads test (here the train
+    split stands in for validation, which mnist-5k lacks), for classifier_sweep.py --trained to choose on."""
+    import shutil
+    from pathlib import Path
+
+    out, results, _ = demo_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)  # the re-aggregation writes beside the run; leave the shared fixture untouched
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "reaggregate.py"
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_ENDPOINT", "HF_TOKEN")}
+    proc = subprocess.run([sys.executable, str(script), "--run", str(run), "--samples-per-class", "14",
+                           "--evaluation-split", "train", "--out", str(tmp_path / "candidate.json")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    candidate = json.loads((tmp_path / "candidate.json").read_text())
+    assert candidate["evaluation_split"] == "train"
+    assert candidate["num_evaluated"] == results["dataset"]["train"]["num_rows"]
+    assert candidate["vs_centralized"] is None  # the run's centralized number is a test number
+    assert candidate["synthesis"]["samples_per_class"] == 14
+    assert [p.name for p in run.glob("reaggregate-s14-*/classifier")] == ["classifier"]  # for --trained
