@@ -6,9 +6,11 @@ of an aggregation, or a FedCVAE-Ens set), so the sweep isolates the classifier's
 generators'. Each setting is `name:key=value,key=value` over `ClassifierConfig` fields. Every setting is
 scored on the `validation` split of `--data` (never on `test`); the best by `--metric` is the chosen one.
 
-A classifier already trained on the same synthetic dataset (a `save_classifier` folder, such as a run's
-`aggregate/classifier`) enters as a candidate with `--trained NAME=DIR`: it is scored on `validation` like
-the others, without training it again, and its settings are read from its folder.
+A classifier already trained (a `save_classifier` folder, such as a run's `aggregate/classifier`) enters as a
+candidate with `--trained NAME=DIR`: it is scored on `validation` like the others, without training it again,
+and its settings are read from its folder. It may come from another synthetic set of the same factories
+(`benchmarks/reaggregate.py --samples-per-class 1000 --evaluation-split validation` leaves one in
+`<run>/reaggregate-<tag>/classifier`), which makes the synthesis settings a validation-chosen candidate too.
 
 The test split is read only with `--final-test`, after the choice, and only for the chosen setting (the
 model already trained for it is evaluated once); the result is stored apart, under `final_test`.
