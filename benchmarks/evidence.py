@@ -118,7 +118,7 @@ class Data:
 
         if dataset not in DATASETS:
             raise SystemExit(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
-        self.name, self.spec = dataset, DATASETS[dataset]
+        self.name, self.spec, self.partition_name = dataset, DATASETS[dataset], partition
         source = str(data_root / dataset)
         opts = dict(image_size=self.spec["image_size"], channels=self.spec["channels"])
         self.train = load_image_dataset(source, "train", **opts)
@@ -163,6 +163,10 @@ def fedcvae_once(args, data: Data, overrides: dict, seed: int) -> tuple[dict, ob
     result = run_fedcvae(data.train, data.partition, cvae=cvae, classifier=classifier_config(args, data, seed),
                          samples_per_class=args.samples_per_class, seed=seed, channels=data.spec["channels"],
                          progress=True)
+    if getattr(args, "work", None):  # kept (not committed) for benchmarks/generator_samples.py
+        tag = "-".join(f"{k}{v}" for k, v in sorted(overrides.items()))
+        result.synthetic.save_to_disk(str(Path(args.work) / data.name / getattr(data, "partition_name", "partition")
+                                          / "fedcvae" / f"synthetic-{tag}-seed{seed}"))
     t0 = time.perf_counter()
     validation = scores(evaluate_classifier(result.trained.model, data.validation, result.trained.label_names))
     timings = {**result.timings, "validation_seconds": time.perf_counter() - t0}

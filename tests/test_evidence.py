@@ -158,3 +158,24 @@ def test_baseline_methods_report_validation_metrics_bytes_and_a_model(evidence):
         again = evidence.scores(evaluate_classifier(model, data.validation, label_names))
         assert record["validation"]["accuracy"] == pytest.approx(again["accuracy"])  # scored on validation
         assert "test" not in record and record["bytes"] is not None
+
+
+def test_generator_samples_shows_real_and_synthetic_images_class_by_class(tmp_path):
+    import datasets
+    from PIL import Image
+
+    from test_fedcvae import NAMES, SIZE, digits
+
+    spec = importlib.util.spec_from_file_location("generator_samples", ROOT / "benchmarks" / "generator_samples.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    datasets.DatasetDict({"train": digits(0, 5)}).save_to_disk(str(tmp_path / "real"))
+    digits(40, 3).save_to_disk(str(tmp_path / "synthetic"))
+    common = ["--data", str(tmp_path / "real"), "--image-size", str(SIZE), "--channels", "1", "--per-class", "3"]
+    assert script.main([*common, "--synthetic", f"gen={tmp_path / 'synthetic'}", "--out", str(tmp_path / "a.png")]) == 0
+    picked = script.first_of_each_class(digits(40, 3), NAMES, 3, 1)
+    assert sorted(picked) == NAMES and all(images.shape == (3, SIZE, SIZE, 1) for images in picked.values())
+    assert Image.open(tmp_path / "a.png").size[1] > Image.open(tmp_path / "a.png").size[0]  # 2 rows per class
+    digits(40, 3).filter(lambda row: row["label"] != 2).save_to_disk(str(tmp_path / "partial"))
+    with pytest.raises(SystemExit, match="class '2' is missing"):
+        script.main([*common, "--synthetic", f"gen={tmp_path / 'partial'}", "--out", str(tmp_path / "b.png")])
