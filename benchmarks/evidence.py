@@ -8,7 +8,9 @@ sub-stage, the bytes exchanged, the machine (platform, cores, torch threads, loa
 
 Layout: `<out>/<dataset>/<partition>/<method>/select-<name>.json` (one validation-scored candidate, seed 0)
 and `<out>/<dataset>/<partition>/<method>/seed<k>.json` (the chosen setting at seed k: validation and
-test metrics; the test split is read once, there). `TABLE.md` is rendered from these files.
+test metrics; the test split is read once, there). `TABLE.md` is rendered from these files. The choice is
+made among every candidate scored for the row, by this command or an earlier one; when a candidate scored
+later wins, each finished seed is measured again with it and its old record moves to `superseded/`.
 
 Methods run here (library functions only):
 * `fedcvae`: FedCVAE-Ens (`federated_factory.fedcvae.run_fedcvae`); the CVAE setting is chosen among
@@ -257,6 +259,24 @@ def announce(data: Data, partition: str, method: str, what: str, seed: int) -> N
           flush=True)
 
 
+def choose(folder: Path, order: list[str], args) -> tuple[str, dict]:
+    """The best candidate on validation among EVERY candidate scored for this row at the selection seed (this
+    command's grid and any scored by earlier commands), so that a run with part of a grid never overrides a
+    choice made on more. Ties go to this command's order, then to name order. Returns (name, setting, the names
+    of all candidates considered)."""
+    scored = {}
+    for path in sorted(folder.glob("select-*.json")):
+        record = json.loads(path.read_text())
+        if record.get("seed", args.select_seed) == args.select_seed:
+            scored[path.stem.removeprefix("select-")] = record
+    best = None
+    for name in [n for n in order if n in scored] + [n for n in scored if n not in order]:
+        value = scored[name]["validation"][args.metric]
+        if best is None or (value is not None and value > best[1]):
+            best = (name, value)
+    return best[0], scored[best[0]].get("setting", {}), sorted(scored)
+
+
 def run_method(args, data: Data, partition: str, method: str, seeds: list[int]) -> None:
     """Select on validation (seed 0, one file per candidate), then one file per seed with the test number."""
     from federated_factory.classifier import evaluate_classifier
@@ -264,14 +284,11 @@ def run_method(args, data: Data, partition: str, method: str, seeds: list[int]) 
     out = Path(args.out)
     work = Path(getattr(args, "work", None) or DEFAULT_WORK) / data.name / partition / method
     grid, kept = candidates(args, method), {}
-    chosen = None
+    chosen, chosen_setting, considered = None, {}, []
     if grid:
-        best = None
-        for name, setting in grid.items():
+        for name, setting in grid.items():  # score the candidates of this command not scored yet
             path = stage_path(out, data.name, partition, method, f"select-{name}")
-            if path.exists():
-                record = json.loads(path.read_text())
-            else:
+            if not path.exists():
                 announce(data, partition, method, f"candidate {name}", args.select_seed)
                 record, model = once(args, data, method, setting, args.select_seed)
                 record = {**record, "setting": setting, "seed": args.select_seed, "stage": "select"}
@@ -279,17 +296,22 @@ def run_method(args, data: Data, partition: str, method: str, seeds: list[int]) 
                     save_model(work, model, f"select-{name}")
                 save_stage(path, record)
                 kept[name] = model  # reused below if this candidate is chosen (same seed, same result)
-            value = record["validation"][args.metric]
-            if best is None or (value is not None and value > best[1]):
-                best = (name, value)
-        chosen = best[0]
+        chosen, chosen_setting, considered = choose(out / data.name / partition / method, list(grid), args)
     if getattr(args, "select_only", False):
         return
     for seed in seeds:
         path = stage_path(out, data.name, partition, method, f"seed{seed}")
         if path.exists():
-            print(f"skip {path} (done)", flush=True)
-            continue
+            previous = json.loads(path.read_text()).get("chosen")
+            if previous == chosen:
+                print(f"skip {path} (done)", flush=True)
+                continue
+            # a candidate scored since then won on validation: the old number is kept aside, not reported
+            aside = path.parent / "superseded" / f"{path.stem}-{previous}.json"
+            aside.parent.mkdir(exist_ok=True)
+            path.replace(aside)
+            print(f"{path}: validation now chooses {chosen}, not {previous}; measuring again (old record: {aside})",
+                  flush=True)
         t0 = time.perf_counter()
         reuse = None
         if chosen is not None and seed == args.select_seed:
@@ -300,11 +322,11 @@ def run_method(args, data: Data, partition: str, method: str, seeds: list[int]) 
             record["reused_from"] = f"select-{chosen}"
         else:
             announce(data, partition, method, f"chosen {chosen}" if chosen else "", seed)
-            record, (model, label_names) = once(args, data, method, grid.get(chosen, {}), seed)
+            record, (model, label_names) = once(args, data, method, chosen_setting, seed)
         t1 = time.perf_counter()
         test = scores(evaluate_classifier(model, data.test(), label_names))  # the one read of test for this number
         record = {**record, "stage": "final", "seed": seed, "chosen": chosen, "metric": args.metric,
-                  "candidates": sorted(grid), "test": test,
+                  "candidates": considered, "test": test,
                   "timings": {**record.get("timings", {}), "test_seconds": time.perf_counter() - t1,
                               "stage_seconds": t1 - t0}}
         save_stage(path, record)

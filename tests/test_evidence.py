@@ -179,3 +179,39 @@ def test_generator_samples_shows_real_and_synthetic_images_class_by_class(tmp_pa
     digits(40, 3).filter(lambda row: row["label"] != 2).save_to_disk(str(tmp_path / "partial"))
     with pytest.raises(SystemExit, match="class '2' is missing"):
         script.main([*common, "--synthetic", f"gen={tmp_path / 'partial'}", "--out", str(tmp_path / "b.png")])
+
+
+def test_a_candidate_scored_later_that_wins_replaces_the_finished_seeds(evidence, tmp_path, monkeypatch):
+    validation_accuracy = {16: 0.6, 32: 0.8}
+    calls = []
+
+    def fake_once(args, data, method, setting, seed):
+        calls.append((setting["latent_dim"], seed))
+        return ({"validation": {"accuracy": validation_accuracy[setting["latent_dim"]]}, "timings": {}},
+                ("model", ["a"]))
+
+    monkeypatch.setattr(evidence, "once", fake_once)
+    monkeypatch.setattr("federated_factory.classifier.evaluate_classifier",
+                        lambda model, dataset, names: {"accuracy": 0.5, "macro_f1": 0.5, "auroc": 0.9,
+                                                       "per_class_recall": {"a": 0.5}})
+    args, data = args_for(tmp_path), FakeData()
+    row = tmp_path / "blood-cells-32/silos/fedcvae"
+    args.cvae_grid = ["z16-b1"]
+    evidence.run_method(args, data, "silos", "fedcvae", [0, 1])
+    assert json.loads((row / "seed1.json").read_text())["chosen"] == "z16-b1"
+
+    args.cvae_grid = ["z32-b1"]  # a bigger grid, scored later, wins on validation
+    calls.clear()
+    evidence.run_method(args, data, "silos", "fedcvae", [0, 1])
+    assert calls == [(32, 0), (32, 1)]  # scored, then seed 1 measured again (seed 0 reuses the candidate)
+    for seed in (0, 1):
+        record = json.loads((row / f"seed{seed}.json").read_text())
+        assert record["chosen"] == "z32-b1" and record["candidates"] == ["z16-b1", "z32-b1"]
+        assert json.loads((row / "superseded" / f"seed{seed}-z16-b1.json").read_text())["chosen"] == "z16-b1"
+    assert data.test_reads == 4
+
+    args.cvae_grid = ["z16-b1"]  # part of the grid again: the choice made on both candidates stands
+    calls.clear()
+    evidence.run_method(args, data, "silos", "fedcvae", [0, 1])
+    assert calls == [] and data.test_reads == 4
+    assert "(2 seeds)" in evidence.render_table(tmp_path)  # superseded records are not in the table
