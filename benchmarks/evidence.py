@@ -381,11 +381,50 @@ def fmt(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f} ({len(values)} seeds)"
 
 
-def render_table(out: Path) -> str:
+def finished_rows(out: Path) -> dict[tuple[str, str], dict[str, list[dict]]]:
+    """(dataset, partition) -> method -> the final records of its seeds."""
     rows: dict[tuple[str, str], dict[str, list[dict]]] = {}
     for path in sorted(out.glob("*/*/*/seed*.json")):
         dataset, partition, method = path.parts[-4:-1]
         rows.setdefault((dataset, partition), {}).setdefault(method, []).append(json.loads(path.read_text()))
+    return rows
+
+
+def plot_table(out: Path) -> Path | None:
+    """TABLE.png: one group of bars per (dataset, partition), one bar per method: the mean test value of the
+    row's first headline metric over seeds, the sample std as an error bar, the seed count under the bar."""
+    from federated_factory.plots import new_figure, save_figure
+
+    rows = finished_rows(out)
+    if not rows:
+        return None
+    groups = sorted(rows)
+    methods = [m for m in COLUMNS if any(m in rows[g] for g in groups)]
+    width = 0.84 / len(methods)
+    fig = new_figure((max(7.0, 2.0 + 0.45 * len(methods) * len(groups)), 4.2))
+    ax = fig.add_subplot()
+    for k, method in enumerate(methods):
+        for i, group in enumerate(groups):
+            metric = DATASETS.get(group[0], {}).get("metrics", ("accuracy",))[0]
+            values = [r["test"].get(metric) for r in rows[group].get(method, []) if r["test"].get(metric) is not None]
+            if not values:
+                continue
+            x = i + (k - (len(methods) - 1) / 2) * width
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            ax.bar(x, statistics.mean(values), width, yerr=std, capsize=2, color=f"C{list(COLUMNS).index(method)}",
+                   label=COLUMNS[method] if i == groups.index(next(g for g in groups if method in rows[g])) else None)
+            ax.text(x, statistics.mean(values) + std + 0.01, f"{100 * statistics.mean(values):.1f}\n({len(values)})",
+                    ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(range(len(groups)), [f"{d}\n{p}" for d, p in groups])
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("test accuracy (mean over seeds)")
+    ax.set_title("Evidence table (issue 14): test accuracy, mean over seeds (seed count in brackets)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, frameon=False)
+    return save_figure(fig, out / "TABLE.png")
+
+
+def render_table(out: Path) -> str:
+    rows = finished_rows(out)
     lines = ["# Evidence table (issue 14)", "",
              "Rendered by `python benchmarks/evidence.py table` from the stage files in this folder. Cells: test "
              "metric in %, mean ± sample std over seeds (the number of seeds in brackets). Every setting was "
@@ -470,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "TABLE.md", render_table(out))
+    plot_table(out)
     return 0
 
 

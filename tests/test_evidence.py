@@ -90,6 +90,7 @@ def test_import_records_a_federated_factory_row(evidence, tmp_path):
     assert record["test"]["balanced_accuracy"] == pytest.approx(0.8)
     table = (tmp_path / "out/TABLE.md").read_text()
     assert "90.00 (1 seed) / 99.00 (1 seed) / 80.00 (1 seed)" in table
+    assert (tmp_path / "out/TABLE.png").stat().st_size > 0  # the table, plotted
 
 
 def test_import_of_the_network_mode_reads_the_network_row_of_a_run_with_both_modes(evidence, tmp_path):
