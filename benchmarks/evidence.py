@@ -261,7 +261,7 @@ def announce(data: Data, partition: str, method: str, what: str, seed: int) -> N
           flush=True)
 
 
-def choose(folder: Path, order: list[str], args) -> tuple[str, dict]:
+def choose(folder: Path, order: list[str], args) -> tuple[str, dict, list[str]]:
     """The best candidate on validation among EVERY candidate scored for this row at the selection seed (this
     command's grid and any scored by earlier commands), so that a run with part of a grid never overrides a
     choice made on more. Ties go to this command's order, then to name order. Returns (name, setting, the names
