@@ -367,7 +367,15 @@ def import_ff(args) -> None:
     record = {"stage": "final", "seed": args.seed, "test": test, "timings": timings, "bytes": communication,
               "source": str(args.results), "source_command": data.get("command"),
               "source_machine": data.get("machine"), "selection": selection, "note": args.note}
-    save_stage(stage_path(Path(args.out), args.dataset, args.partition, args.method, f"seed{args.seed}"), record)
+    path = stage_path(Path(args.out), args.dataset, args.partition, args.method, f"seed{args.seed}")
+    if path.exists():  # a new choice (say, a sweep over more candidates) replaces the number; the old one stays readable
+        previous = json.loads(path.read_text())
+        label = (previous.get("selection") or {}).get("chosen") or previous.get("finished_utc", "earlier").replace(":", "")
+        aside = path.parent / "superseded" / f"{path.stem}-{label}.json"
+        aside.parent.mkdir(exist_ok=True)
+        path.replace(aside)
+        print(f"{path} replaced; the previous record is {aside}", flush=True)
+    save_stage(path, record)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -104,6 +104,9 @@ def test_import_of_the_network_mode_reads_the_network_row_of_a_run_with_both_mod
     rows = {m: json.loads((tmp_path / f"out/blood-cells-32/silos/{m}/seed0.json").read_text())
             for m in ("ff-server", "ff-network")}
     assert (rows["ff-server"]["test"]["accuracy"], rows["ff-network"]["test"]["accuracy"]) == (0.9, 0.7)
+    evidence.main(["--out", str(tmp_path / "out"), "import", "--dataset", "blood-cells-32", "--partition", "silos",
+                   "--seed", "0", "--method", "ff-network", "--results", str(results)])  # imported again
+    assert [p.name.startswith("seed0-") for p in (tmp_path / "out/blood-cells-32/silos/ff-network/superseded").iterdir()] == [True]
     results.write_text(json.dumps({"federated_factory": {"accuracy": 0.9}}))  # a server-only run
     with pytest.raises(SystemExit, match="no FederatedFactory network mode accuracy"):
         evidence.main(["--out", str(tmp_path / "out"), "import", "--dataset", "blood-cells-32", "--partition",
