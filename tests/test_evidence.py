@@ -107,6 +107,11 @@ def test_import_of_the_network_mode_reads_the_network_row_of_a_run_with_both_mod
     evidence.main(["--out", str(tmp_path / "out"), "import", "--dataset", "blood-cells-32", "--partition", "silos",
                    "--seed", "0", "--method", "ff-network", "--results", str(results)])  # imported again
     assert [p.name.startswith("seed0-") for p in (tmp_path / "out/blood-cells-32/silos/ff-network/superseded").iterdir()] == [True]
+    validation_only = tmp_path / "reaggregate.json"  # a reaggregate.py candidate scored on validation
+    validation_only.write_text(json.dumps({"evaluation_split": "validation", "accuracy": 0.95}))
+    with pytest.raises(SystemExit, match="not on test"):
+        evidence.main(["--out", str(tmp_path / "out"), "import", "--dataset", "blood-cells-32", "--partition",
+                       "silos", "--seed", "0", "--method", "ff-server", "--results", str(validation_only)])
     results.write_text(json.dumps({"federated_factory": {"accuracy": 0.9}}))  # a server-only run
     with pytest.raises(SystemExit, match="no FederatedFactory network mode accuracy"):
         evidence.main(["--out", str(tmp_path / "out"), "import", "--dataset", "blood-cells-32", "--partition",
