@@ -256,6 +256,14 @@ def once(args, data: Data, method: str, setting: dict, seed: int):
     return centralized_once(args, data, seed)
 
 
+def set_aside(path: Path, label: str) -> Path:
+    """Move a replaced final record to `superseded/<stem>-<label>.json` (kept readable, not in the table)."""
+    aside = path.parent / "superseded" / f"{path.stem}-{label}.json"
+    aside.parent.mkdir(exist_ok=True)
+    path.replace(aside)
+    return aside
+
+
 def announce(data: Data, partition: str, method: str, what: str, seed: int) -> None:
     print(f"{time.strftime('%H:%M:%S')} {data.name} / {partition} / {method} {what} seed {seed}: training",
           flush=True)
@@ -308,10 +316,7 @@ def run_method(args, data: Data, partition: str, method: str, seeds: list[int]) 
             if previous == chosen:
                 print(f"skip {path} (done)", flush=True)
                 continue
-            # a candidate scored since then won on validation: the old number is kept aside, not reported
-            aside = path.parent / "superseded" / f"{path.stem}-{previous}.json"
-            aside.parent.mkdir(exist_ok=True)
-            path.replace(aside)
+            aside = set_aside(path, previous)  # a candidate scored since then won on validation
             print(f"{path}: validation now chooses {chosen}, not {previous}; measuring again (old record: {aside})",
                   flush=True)
         t0 = time.perf_counter()
@@ -374,10 +379,7 @@ def import_ff(args) -> None:
     if path.exists():  # a new choice (say, a sweep over more candidates) replaces the number; the old one stays readable
         previous = json.loads(path.read_text())
         label = (previous.get("selection") or {}).get("chosen") or previous.get("finished_utc", "earlier").replace(":", "")
-        aside = path.parent / "superseded" / f"{path.stem}-{label}.json"
-        aside.parent.mkdir(exist_ok=True)
-        path.replace(aside)
-        print(f"{path} replaced; the previous record is {aside}", flush=True)
+        print(f"{path} replaced; the previous record is {set_aside(path, label)}", flush=True)
     save_stage(path, record)
 
 
