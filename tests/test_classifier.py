@@ -24,6 +24,7 @@ from federated_factory.classifier import (
     save_classifier,
     train_classifier,
 )
+from federated_factory.errors import ClassifierError
 from federated_factory.metrics import load_metric
 
 SIZE = 12
@@ -114,6 +115,42 @@ def test_model_selection_uses_the_validation_split():
     x, y = clf.dataset_to_tensors(val, 1)
     assert clf.accuracy_on(result.model, x, y) == pytest.approx(best)
     assert result.num_val == len(val) and result.num_train == len(train)  # val_ds given: nothing held out
+
+
+def test_a_watched_set_is_scored_every_epoch_and_never_chooses(trained):
+    train = pattern_dataset(40, seed=0)
+    watched = pattern_dataset(10, seed=2).map(lambda ex: {"label": (ex["label"] + 1) % 3})  # scores badly
+    result = train_classifier(train, ClassifierConfig(**FAST, seed=0), watch={"real": watched}, progress=False)
+    # the same selection and the same weights as without the watched set (same process, same kernels)
+    assert result.best_epoch == trained.best_epoch
+    for name, value in trained.model.state_dict().items():
+        assert torch.equal(result.model.state_dict()[name], value), name
+    assert len(result.history) == FAST["epochs"]
+    for h in result.history:
+        assert set(h["watched"]) == {"real"} and 0.0 <= h["watched"]["real"]["accuracy"] <= 1.0
+        assert h["watched"]["real"]["loss"] > 0 and h["val_loss"] > 0  # cross-entropy of the synthetic slice too
+    x, y = clf.dataset_to_tensors(watched, 1)
+    kept = result.history[result.best_epoch - 1]["watched"]["real"]
+    assert clf.held_out_scores(result.model, x, y) == pytest.approx(kept)  # recorded for the kept weights
+    assert kept["loss"] == pytest.approx(nn.functional.cross_entropy(predict_logits(result.model, x), y).item())
+    with pytest.raises(ClassifierError, match="watch set 'other'"):
+        train_classifier(train, ClassifierConfig(**FAST), watch={"other": pattern_dataset(2, names=list("xyz"))},
+                         progress=False)
+
+
+def test_the_selection_record_says_when_the_held_out_slice_did_not_choose():
+    def history(accs):
+        return [{"epoch": i + 1, "val_accuracy": a} for i, a in enumerate(accs)]
+
+    saturated = clf.describe_selection(history([0.8, 1.0, 0.9, 1.0]), best_epoch=4, num_val=40)
+    assert saturated["kept_epoch"] == 4 and saturated["reached_at_epoch"] == 2
+    assert "did not choose" in saturated["note"] and "epoch 2" in saturated["note"]
+    earlier = clf.describe_selection(history([0.8, 1.0, 0.9]), best_epoch=2, num_val=40)
+    assert earlier["kept_epoch"] == 2 and "Epoch 2 of 3 is kept" in earlier["note"]
+    at_last = clf.describe_selection(history([0.8, 0.9, 0.95]), best_epoch=3, num_val=40)
+    assert at_last["reached_at_epoch"] == 3 and "did not choose" not in at_last["note"]
+    none = clf.describe_selection([{"epoch": 1, "val_accuracy": None}], best_epoch=1, num_val=0)
+    assert none["rule"] == "last epoch" and none["held_out_rows"] == 0
 
 
 def test_stratified_split_holds_out_each_class_deterministically():

@@ -92,3 +92,27 @@ def test_a_trained_candidate_must_name_a_classifier_folder(sweep, monkeypatch, t
     with pytest.raises(SystemExit):
         _main(sweep, monkeypatch, "--out", str(tmp_path / "x.json"))
     assert "give at least one setting" in capsys.readouterr().err
+
+
+def test_selection_signal_reports_the_epoch_each_rule_keeps_and_its_real_validation_accuracy():
+    spec = importlib.util.spec_from_file_location("selection_signal", ROOT / "benchmarks" / "selection_signal.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    synthetic_acc = [0.6, 0.9, 1.0, 0.95, 1.0, 1.0]  # saturates for good from epoch 5
+    synthetic_loss = [1.0, 0.5, 0.3, 0.2, 0.25, 0.4]  # lowest at epoch 4
+    real_acc = [0.5, 0.7, 0.8, 0.85, 0.83, 0.8]  # best at epoch 4
+    history = [{"epoch": i + 1, "val_accuracy": a, "val_loss": l,
+                "watched": {"real_validation": {"accuracy": r, "loss": 1 - r}}}
+               for i, (a, l, r) in enumerate(zip(synthetic_acc, synthetic_loss, real_acc))]
+    summary = module.summarize(history)
+    rules = summary["rules"]
+    assert rules["synthetic_accuracy_ties_later"]["epoch"] == 6  # the aggregator's rule: ties go to the later epoch
+    assert rules["synthetic_loss"]["epoch"] == 4 and rules["last_epoch"]["epoch"] == 6
+    assert rules["synthetic_loss"]["real_validation_accuracy"] == 0.85 and rules["synthetic_loss"]["gap_to_best"] == 0
+    assert rules["last_epoch"]["gap_to_best"] == pytest.approx(0.05)
+    assert summary["best_real_validation"] == {"epoch": 4, "accuracy": 0.85}
+    assert summary["synthetic_accuracy_saturated_from_epoch"] == 5
+    correlation = summary["spearman_with_real_validation_accuracy"]
+    assert correlation["minus_synthetic_loss"] > correlation["synthetic_accuracy"] > 0
+    flat = [dict(h, val_accuracy=1.0) for h in history]  # a constant signal has no rank correlation
+    assert module.summarize(flat)["spearman_with_real_validation_accuracy"]["synthetic_accuracy"] is None

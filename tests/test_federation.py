@@ -221,6 +221,7 @@ def test_aggregation_produces_dataset_classifier_evaluation_and_cards(hub, feder
     assert card.data.to_dict()["model-index"][0]["results"][0]["metrics"][0]["value"] == pytest.approx(result.evaluation["accuracy"])
     dataset_ref = result.published["dataset"]
     assert f"{dataset_ref['repo']}@{dataset_ref['revision']}" in card.content
+    assert result.training["selection"]["note"] in card.content  # what the epoch selection really did
     pulled = load_dataset(dataset_ref["repo"], revision=dataset_ref["revision"], token=token, split="train")
     assert len(pulled) == 24 * len(LABELS)
     assert set(pulled["source_repo"]) == {f.repo for f in result.manifest.factories}

@@ -6,9 +6,9 @@
                        models behind :class:`HFImageClassifier`
 ``config``             :class:`ClassifierConfig`, validated on construction
 ``training``           :func:`train_classifier`, :func:`train_on_tensors`, :class:`TrainResult`,
-                       :func:`stratified_split`, :func:`augment_batch`
+                       :func:`describe_selection`, :func:`stratified_split`, :func:`augment_batch`
 ``evaluation``         :func:`evaluate_classifier` (test metrics, classes matched by name),
-                       :func:`predict_logits`, :func:`accuracy_on`
+                       :func:`predict_logits`, :func:`accuracy_on`, :func:`held_out_scores`
 ``io``                 :func:`save_classifier`, :func:`load_classifier`, :class:`LoadedClassifier`,
                        :func:`initialize_from`
 =====================  ===================================================================================
@@ -29,7 +29,7 @@ saved preprocessing config says so (mean 0, std 1).
 """
 
 from federated_factory.classifier.config import ClassifierConfig
-from federated_factory.classifier.evaluation import accuracy_on, evaluate_classifier, predict_logits
+from federated_factory.classifier.evaluation import accuracy_on, evaluate_classifier, held_out_scores, predict_logits
 from federated_factory.classifier.io import LoadedClassifier, initialize_from, load_classifier, save_classifier
 from federated_factory.classifier.models import (
     DEFAULT_ARCH,
@@ -45,6 +45,7 @@ from federated_factory.classifier.models import (
 from federated_factory.classifier.training import (
     TrainResult,
     augment_batch,
+    describe_selection,
     stratified_split,
     train_classifier,
     train_on_tensors,
@@ -66,7 +67,9 @@ __all__ = [
     "SmallStemResNet",
     "TrainResult",
     "accuracy_on",
+    "held_out_scores",
     "augment_batch",
+    "describe_selection",
     "autocast_for",
     "build_classifier",
     "cpu_threads",

@@ -27,9 +27,17 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> 
 
 def accuracy_on(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
     """Fraction of ``x`` whose predicted class index equals ``y``; NaN for no images."""
+    return held_out_scores(model, x, y, batch_size)["accuracy"]
+
+
+def held_out_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> dict[str, float]:
+    """``accuracy`` (as :func:`accuracy_on`) and ``loss`` (mean cross-entropy, no label smoothing) of ``model``
+    on ``x`` / ``y`` from one pass of logits; NaN for both when there are no images."""
     if len(x) == 0:
-        return float("nan")
-    return (predict_logits(model, x, batch_size).argmax(1) == y).float().mean().item()
+        return {"accuracy": float("nan"), "loss": float("nan")}
+    logits = predict_logits(model, x, batch_size)
+    return {"accuracy": (logits.argmax(1) == y).float().mean().item(),
+            "loss": torch.nn.functional.cross_entropy(logits, y).item()}
 
 
 def evaluate_classifier(model: nn.Module, test_ds, label_names: Sequence[str], *, batch_size: int = 512) -> dict:

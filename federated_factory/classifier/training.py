@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from federated_factory.augment import random_flips, random_shifts
 from federated_factory.classifier.config import ClassifierConfig
-from federated_factory.classifier.evaluation import accuracy_on
+from federated_factory.classifier.evaluation import held_out_scores
 from federated_factory.classifier.io import initialize_from
 from federated_factory.classifier.models import build_classifier
 from federated_factory.data import image_channels_of, label_names_of
@@ -53,8 +53,9 @@ def augment_batch(x: torch.Tensor, config: ClassifierConfig, generator: torch.Ge
 @dataclass
 class TrainResult:
     """``model``: unwrapped, eval mode, best-validation weights restored. ``history``: one dict per epoch
-    (``epoch`` from 1, ``loss`` = mean training loss, ``val_accuracy`` or None, ``lr`` at the epoch's end,
-    ``seconds``). ``best_epoch`` is the epoch whose weights ``model`` holds."""
+    (``epoch`` from 1, ``loss`` = mean training loss, ``val_accuracy`` and ``val_loss`` (cross-entropy) or
+    None, ``lr`` at the epoch's end, ``seconds``, and ``watched``: name -> accuracy and loss of each
+    ``watch`` set, when given). ``best_epoch`` is the epoch whose weights ``model`` holds."""
 
     model: nn.Module
     history: list[dict[str, Any]]
@@ -77,6 +78,7 @@ class TrainResult:
             "history": self.history,
             "best_epoch": self.best_epoch,
             "best_val_accuracy": self.best_val_accuracy,
+            "selection": describe_selection(self.history, self.best_epoch, self.num_val),
             "wall_time_s": self.wall_time_s,
             "images_per_s": self.images_per_s,
             "precision": self.precision,
@@ -86,11 +88,37 @@ class TrainResult:
         }
 
 
+def describe_selection(history: list[dict[str, Any]], best_epoch: int, num_val: int) -> dict[str, Any]:
+    """What the epoch selection did, in numbers and one plain sentence (``note``, for cards and reports).
+
+    ``reached_at_epoch`` is the first epoch whose held-out accuracy equals the kept one; when it is earlier
+    than the kept last epoch, the held-out accuracy stopped discriminating between epochs (it saturates
+    on synthetic images) and the tie rule, not the held-out data, kept the last epoch."""
+    last = len(history)
+    if num_val == 0 or not history or history[0].get("val_accuracy") is None:
+        return {"rule": "last epoch", "kept_epoch": last, "held_out_rows": 0,
+                "note": f"No held-out slice: the last epoch's weights ({last}) are kept."}
+    kept = history[best_epoch - 1]["val_accuracy"]
+    reached = next(h["epoch"] for h in history if h["val_accuracy"] == kept)
+    record = {"rule": "best held-out accuracy, ties to the later epoch", "kept_epoch": best_epoch,
+              "held_out_rows": num_val, "held_out_accuracy": kept, "reached_at_epoch": reached}
+    if best_epoch < last:
+        note = f"Epoch {best_epoch} of {last} is kept: its held-out accuracy ({kept:.2%}) is the highest."
+    elif reached < last:
+        note = (f"The held-out accuracy reached {kept:.2%} at epoch {reached} and no later epoch did better; ties "
+                f"go to the later epoch, so the last epoch ({last}) is kept: the held-out slice did not choose "
+                "between those epochs.")
+    else:
+        note = f"The held-out accuracy was highest ({kept:.2%}) at the last epoch ({last}), which is kept."
+    return {**record, "note": note}
+
+
 def train_classifier(
     train_ds,
     config: ClassifierConfig | None = None,
     *,
     val_ds=None,
+    watch: dict | None = None,
     accelerator=None,
     progress: bool = True,
 ) -> TrainResult:
@@ -98,7 +126,9 @@ def train_classifier(
 
     Model selection: the epoch with the best accuracy on ``val_ds`` if given, otherwise on a stratified
     ``config.val_fraction`` slice held out of ``train_ds`` (never the test set); ties go to the later epoch.
-    With neither, the last epoch is kept. Runs through ``accelerate`` (an ``Accelerator`` you pass, or a
+    With neither, the last epoch is kept. ``watch`` (name -> ``datasets.Dataset`` with the same classes) is
+    scored after every epoch and recorded in the history, never used to choose: it is how a selection rule
+    is measured against data it must not choose on (``benchmarks/selection_signal.py``). Runs through ``accelerate`` (an ``Accelerator`` you pass, or a
     default one: CPU here, GPU where there is one; several processes → DDP, each process sees a shard of
     every epoch). On CPU, equal inputs and config give bit-identical weights.
     """
@@ -116,8 +146,14 @@ def train_classifier(
         x, y, x_val, y_val = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
     else:
         x_val = y_val = None
+    watched = {}
+    for name, ds in (watch or {}).items():
+        if label_names_of(ds) != label_names:
+            raise ClassifierError(f"watch set {name!r} classes {label_names_of(ds)} differ from train_ds classes "
+                                  f"{label_names}")
+        watched[name] = dataset_to_tensors(ds, channels)
     return train_on_tensors(
-        x, y, config, label_names=label_names, x_val=x_val, y_val=y_val, accelerator=accelerator,
+        x, y, config, label_names=label_names, x_val=x_val, y_val=y_val, watch=watched, accelerator=accelerator,
         progress=progress, t_start=t_start,
     )
 
@@ -130,6 +166,7 @@ def train_on_tensors(
     label_names: Sequence[str],
     x_val: torch.Tensor | None = None,
     y_val: torch.Tensor | None = None,
+    watch: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     accelerator=None,
     progress: bool = True,
     t_start: float | None = None,
@@ -199,11 +236,14 @@ def train_on_tensors(
                     bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", img_s=f"{seen / max(elapsed, 1e-9):.0f}")
             train_time += time.perf_counter() - t_epoch
             mean_loss = accelerator.reduce(loss_sum / max(1, n_batches), reduction="mean").item()
-            val_acc = accuracy_on(unwrapped, x_val, y_val) if has_val else None
+            scores = held_out_scores(unwrapped, x_val, y_val) if has_val else {"accuracy": None, "loss": None}
+            val_acc = scores["accuracy"]
             history.append(
-                {"epoch": epoch, "loss": mean_loss, "val_accuracy": val_acc, "lr": scheduler.get_last_lr()[0],
-                 "seconds": time.perf_counter() - t_epoch}
+                {"epoch": epoch, "loss": mean_loss, "val_accuracy": val_acc, "val_loss": scores["loss"],
+                 "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t_epoch}
             )
+            if watch:
+                history[-1]["watched"] = {name: held_out_scores(unwrapped, *xy) for name, xy in watch.items()}
             if has_val and val_acc >= best_acc:
                 best_acc, best_epoch = val_acc, epoch
                 best_state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
