@@ -24,6 +24,8 @@ FederatedFactory rows come from a finished run's results JSON (`benchmarks/feder
     python benchmarks/evidence.py run --datasets blood-cells-32 --partitions silos --seeds 0 --methods fedcvae
     python benchmarks/evidence.py import --dataset blood-cells-32 --partition silos --seed 0 \\
         --method ff-server --results runs/blood-cells-32-silos-cpu-s0/results.json
+    python benchmarks/evidence.py import --dataset blood-cells-32 --partition silos --seed 1 \
+        --method ff-server --results runs/blood-cells-32-silos-cpu-both-seed1/results.json --reuse-choice 0
     python benchmarks/evidence.py table
 
 Partitions: `silos`, `dirichlet-<alpha>`, `pathological-<k>`, `iid-<n>` (partition seed `--partition-seed`,
@@ -343,12 +345,19 @@ def run_method(args, data: Data, partition: str, method: str, seeds: list[int]) 
 # FederatedFactory rows from a finished run
 
 
+# what a reader needs to check that a FederatedFactory run used the setting its record says was chosen
+RUN_SETTINGS = ("preset", "train_steps", "samples_per_class", "sampler", "num_inference_steps", "synthesis_precision",
+                "classifier_epochs", "expert_epochs", "seed")
+
+
 def import_ff(args) -> None:
     """Record a FederatedFactory number from a federation.py results.json or a reaggregate.py JSON; with
     ``--sweep``, the server mode's test metrics are those of the classifier setting chosen on validation
     (classifier_sweep.py's ``final_test``), and the run gives the rest (timings, bytes, machine)."""
     if args.sweep and args.method != "ff-server":
         raise SystemExit("--sweep chooses the server mode's classifier: use it with --method ff-server")
+    if args.sweep and args.reuse_choice is not None:
+        raise SystemExit("give --sweep (a choice made on this run) or --reuse-choice (one made at another seed)")
     data = json.loads(Path(args.results).read_text())
     mode = "network" if args.method == "ff-network" else "federated_factory"  # results.json keys of the two modes
     row = data.get(mode) or ({} if mode == "network" else data)  # a reaggregate.py JSON is the server row itself
@@ -367,6 +376,12 @@ def import_ff(args) -> None:
         metrics = sweep["final_test"]
         selection = {"sweep": str(args.sweep), "chosen": sweep["chosen"], "metric": sweep["metric"],
                      "candidates": {row["name"]: row["validation"][sweep["metric"]] for row in sweep["results"]}}
+    if args.reuse_choice is not None:  # the setting chosen on validation at another seed, run again at this one
+        chosen_at = stage_path(Path(args.out), args.dataset, args.partition, args.method, f"seed{args.reuse_choice}")
+        earlier = json.loads(chosen_at.read_text()) if chosen_at.is_file() else {}
+        if not earlier.get("selection"):
+            raise SystemExit(f"--reuse-choice {args.reuse_choice}: {chosen_at} records no choice made on validation")
+        selection = {**earlier["selection"], "reused_from_seed": args.reuse_choice}
     recall = metrics.get("per_class_recall") or {}
     test = {"accuracy": metrics["accuracy"], "auroc": metrics.get("auroc"), "macro_f1": metrics.get("macro_f1"),
             "balanced_accuracy": sum(recall.values()) / len(recall) if recall else None, "per_class_recall": recall}
@@ -374,7 +389,8 @@ def import_ff(args) -> None:
     communication = row.get("communication") or row.get("synthesis_stats")
     record = {"stage": "final", "seed": args.seed, "test": test, "timings": timings, "bytes": communication,
               "source": str(args.results), "source_command": data.get("command"),
-              "source_machine": data.get("machine"), "selection": selection, "note": args.note}
+              "source_machine": data.get("machine"), "selection": selection, "note": args.note,
+              "run_settings": {k: (data.get("config") or {}).get(k) for k in RUN_SETTINGS}}
     path = stage_path(Path(args.out), args.dataset, args.partition, args.method, f"seed{args.seed}")
     if path.exists():  # a new choice (say, a sweep over more candidates) replaces the number; the old one stays readable
         previous = json.loads(path.read_text())
@@ -506,6 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--results", required=True)
     imp.add_argument("--sweep", help="ff-server: take the test metrics of the classifier setting that "
                      "classifier_sweep.py chose on validation for this run's synthetic set (its final_test)")
+    imp.add_argument("--reuse-choice", type=int, metavar="SEED",
+                     help="the run used the setting chosen on validation at seed SEED (its seed<SEED>.json, same "
+                          "method): recorded as the selection, with the run's settings beside it")
     imp.add_argument("--note", default="")
     sub.add_parser("table", help="render TABLE.md")
     args = parser.parse_args(argv)

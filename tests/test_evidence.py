@@ -143,6 +143,35 @@ def test_import_with_a_sweep_takes_the_validation_chosen_setting_s_test_number(e
         evidence.main([*command, "--method", "ff-server"])
 
 
+def test_import_at_another_seed_reuses_the_choice_made_on_validation_at_seed_0(evidence, tmp_path):
+    out = tmp_path / "out"
+    sweep = tmp_path / "sweep.json"  # seed 0: chosen on validation, test read once
+    sweep.write_text(json.dumps({"selection_split": "validation", "metric": "accuracy", "chosen": "s1000-e30",
+                                 "results": [{"name": "s500-e30", "validation": {"accuracy": 0.90}},
+                                             {"name": "s1000-e30", "validation": {"accuracy": 0.92}}],
+                                 "final_test": {"setting": "s1000-e30", "accuracy": 0.92,
+                                                "per_class_recall": {"a": 0.92}}}))
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"federated_factory": {"accuracy": 0.9, "per_class_recall": {"a": 0.9}}}))
+    common = ["--out", str(out), "import", "--dataset", "blood-cells-32", "--partition", "silos", "--method",
+              "ff-server"]
+    evidence.main([*common, "--seed", "0", "--results", str(results), "--sweep", str(sweep)])
+    seed1 = tmp_path / "seed1.json"  # a run at seed 1 with the chosen setting
+    seed1.write_text(json.dumps({"federated_factory": {"accuracy": 0.93, "per_class_recall": {"a": 0.93}},
+                                 "config": {"samples_per_class": 1000, "classifier_epochs": 30, "seed": 1}}))
+    command = [*common, "--seed", "1", "--results", str(seed1)]
+    evidence.main([*command, "--reuse-choice", "0"])
+    record = json.loads((out / "blood-cells-32/silos/ff-server/seed1.json").read_text())
+    assert record["test"]["accuracy"] == 0.93
+    assert record["selection"]["chosen"] == "s1000-e30" and record["selection"]["reused_from_seed"] == 0
+    assert record["run_settings"]["samples_per_class"] == 1000 and record["run_settings"]["seed"] == 1
+    assert "92.50 ± 0.71 (2 seeds)" in (out / "TABLE.md").read_text()
+    with pytest.raises(SystemExit, match="seed2.json records no choice"):
+        evidence.main([*command, "--reuse-choice", "2"])
+    with pytest.raises(SystemExit, match="--sweep .* or --reuse-choice"):
+        evidence.main([*command, "--reuse-choice", "0", "--sweep", str(sweep)])
+
+
 def test_baseline_methods_report_validation_metrics_bytes_and_a_model(evidence):
     from federated_factory.classifier import evaluate_classifier
     from federated_factory.partition import partition_dataset
