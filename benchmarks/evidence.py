@@ -365,9 +365,10 @@ def import_ff(args) -> None:
         raise SystemExit(f"{args.results}: no FederatedFactory {mode.replace('federated_factory', 'server')} "
                          "mode accuracy found")
     metrics, selection = row, None
-    if not args.sweep and row.get("evaluation_split", "test") != "test":
-        raise SystemExit(f"{args.results}: scored on {row['evaluation_split']!r}, not on test; record it through the "
-                         "classifier_sweep.py that chose it (--sweep)")
+    split = row.get("evaluation_split") or (data.get("config") or {}).get("evaluation_split", "test")
+    if not args.sweep and split != "test":
+        raise SystemExit(f"{args.results}: scored on {split!r}, not on test: a candidate, not a result; record it "
+                         "through the classifier_sweep.py that chose it (--sweep)")
     if args.sweep:  # the classifier setting chosen on validation by classifier_sweep.py on this run's synthetic set
         sweep = json.loads(Path(args.sweep).read_text())
         if sweep.get("selection_split") != "validation" or "final_test" not in sweep:

@@ -111,6 +111,9 @@ class DemoConfig:
                 "run in output_dir (the options that shape a factory must be the same; the factories are "
                 "republished to this run's endpoint) and rerun the rest; without it, output_dir is emptied first"})
     seed: int = field(default=0, metadata={"help": "seed of training, synthesis and baselines"})
+    evaluation_split: str = field(default="test", metadata={
+        "help": "the real held-out split every method is scored on: test (default), or validation to score a "
+                "candidate setting without reading test (benchmarks/README.md, evaluation protocol)"})
     progress: bool = field(default=True, metadata={"help": "progress bars"})
 
     def __post_init__(self) -> None:
@@ -193,7 +196,8 @@ def run_demo_cli(args: argparse.Namespace) -> int:
 
 @dataclass
 class DataStage:
-    """The loaded splits and the partition of the training split among the hospitals."""
+    """The loaded splits and the partition of the training split among the hospitals. ``test`` is the split every
+    method is scored on (``DemoConfig.evaluation_split``: the test split unless told otherwise)."""
 
     train: Any  # datasets.Dataset
     test: Any
@@ -339,9 +343,11 @@ def prepare_data(config: DemoConfig, out: Path) -> DataStage:
 
     t0 = time.perf_counter()
     splits = load_image_splits(config.dataset, image_size=config.image_size, channels=config.channels)
-    if "test" not in splits:
-        raise DemoError(f"{config.dataset} has no test split; the demo evaluates on real held-out data")
-    train, test = splits["train"], splits["test"]
+    held_out = config.evaluation_split
+    if held_out not in splits or held_out == "train":
+        raise DemoError(f"{config.dataset} has no {held_out!r} split to evaluate on (it has "
+                        f"{', '.join(splits)}); the demo evaluates on real held-out data (--evaluation-split)")
+    train, test = splits["train"], splits[held_out]
     partition = partition_dataset(train, config.partition, num_clients=config.num_clients, seed=config.partition_seed,
                                   alpha=config.alpha, classes_per_client=config.classes_per_client)
     client_sets = [partition.client_dataset(train, i) for i in range(partition.num_clients)]
@@ -421,7 +427,7 @@ def build_manifest(config: DemoConfig, out: Path, fed: Federation, data: DataSta
                                   batch_size=chunk_size(config.samples_per_class), seed=config.seed,
                                   precision=config.synthesis_precision),
         classifier=classifier.to_dict(),
-        evaluation={"dataset": config.dataset, "split": "test", "image_size": config.image_size,
+        evaluation={"dataset": config.dataset, "split": config.evaluation_split, "image_size": config.image_size,
                     "channels": config.channels},
         output_dir=str(out / "aggregate"),
         publish={"classifier_repo": f"{fed.aggregator_user}/global-classifier",

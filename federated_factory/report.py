@@ -70,12 +70,13 @@ def render_report(results_dir: str | Path) -> Path:
         raise ReportError(f"{out}: no results.json here; pass the output folder of `federated-factory demo`")
     results = DemoResults.load(out)
     cfg = results.config
+    split = cfg.get("evaluation_split", "test")
     central = results.central_accuracy()
     scores = results.methods()
     methods = [(key, label) for key, label in METHODS if key in scores]
 
     bar_chart({label: {m: scores[key][m] for m in ("accuracy", "macro_f1", "auroc")} for key, label in methods},
-              out / "methods.png", title=f"{cfg['dataset']}, {cfg['partition']} partition: real test set")
+              out / "methods.png", title=f"{cfg['dataset']}, {cfg['partition']} partition: real {split} set")
     unlearning = results.unlearning
     if unlearning and unlearning.get("per_class_recall_before"):
         before, after = unlearning["per_class_recall_before"], unlearning["per_class_recall_after"]
@@ -89,7 +90,7 @@ def render_report(results_dir: str | Path) -> Path:
         f"({results.machine['platform']}), torch {results.machine['torch']}, CUDA: {results.machine['cuda']}. "
         f"Total wall time: **{results.timings['total_seconds'] / 60:.1f} min**.",
         "",
-        "## Results on the real test set",
+        f"## Results on the real {split} set",
         "",
         "| method | accuracy | macro-F1 | AUROC | accuracy vs centralized | uploaded per client | total exchanged | wall time |",
         "|---|---|---|---|---|---|---|---|",

@@ -171,6 +171,34 @@ def test_run_baselines_runs_only_the_named_baselines(tmp_path):
     assert list(stage.seconds) == ["fedavg_seconds"]
 
 
+def test_evaluation_split_chooses_the_held_out_split_every_method_is_scored_on(tmp_path):
+    """--evaluation-split validation scores a candidate setting without reading test: the held-out split of
+    the data stage and of the manifest is the one named; a split the dataset lacks is refused by name."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from federated_factory.demo import DemoConfig, build_manifest, prepare_data
+    from federated_factory.errors import DemoError
+
+    sizes = {"train": 6, "validation": 3, "test": 2}  # images per class
+    for split, n in sizes.items():
+        for label in ("a", "b"):
+            (tmp_path / "data" / split / label).mkdir(parents=True)
+            for i in range(n):
+                Image.new("L", (8, 8), 40 * i).save(tmp_path / "data" / split / label / f"{i}.png")
+    config = DemoConfig(dataset=str(tmp_path / "data"), evaluation_split="validation", progress=False)
+    data = prepare_data(config, tmp_path / "out")
+    assert data.test.num_rows == 2 * sizes["validation"] and data.train.num_rows == 2 * sizes["train"]
+    fed = SimpleNamespace(aggregator_user="aggregator")
+    factories = SimpleNamespace(clients=[SimpleNamespace(repo=f"h{i}/factory", revision="0" * 40) for i in range(2)])
+    manifest, _ = build_manifest(config, tmp_path / "out", fed, data, factories)
+    assert manifest.evaluation["split"] == "validation"
+    assert prepare_data(DemoConfig(dataset=str(tmp_path / "data")), tmp_path / "out2").test.num_rows == 4
+    with pytest.raises(DemoError, match="no 'dev' split"):
+        prepare_data(DemoConfig(dataset=str(tmp_path / "data"), evaluation_split="dev"), tmp_path / "out3")
+
+
 def test_report_of_a_run_without_baselines_says_what_was_left_out(demo_run, tmp_path):
     """A results.json without centralized / FedAvg / FedProx (``--baselines none``) renders: their rows are
     absent, the vs-centralized column is empty, and the report names what was not run."""

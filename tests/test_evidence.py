@@ -112,6 +112,12 @@ def test_import_of_the_network_mode_reads_the_network_row_of_a_run_with_both_mod
     with pytest.raises(SystemExit, match="not on test"):
         evidence.main(["--out", str(tmp_path / "out"), "import", "--dataset", "blood-cells-32", "--partition",
                        "silos", "--seed", "0", "--method", "ff-server", "--results", str(validation_only)])
+    scored_on_validation = tmp_path / "candidate-run.json"  # a federation.py run with --evaluation-split validation
+    scored_on_validation.write_text(json.dumps({"federated_factory": {"accuracy": 0.9},
+                                                "config": {"evaluation_split": "validation"}}))
+    with pytest.raises(SystemExit, match="'validation', not on test"):
+        evidence.main(["--out", str(tmp_path / "out"), "import", "--dataset", "blood-cells-32", "--partition",
+                       "silos", "--seed", "0", "--method", "ff-server", "--results", str(scored_on_validation)])
     results.write_text(json.dumps({"federated_factory": {"accuracy": 0.9}}))  # a server-only run
     with pytest.raises(SystemExit, match="no FederatedFactory network mode accuracy"):
         evidence.main(["--out", str(tmp_path / "out"), "import", "--dataset", "blood-cells-32", "--partition",
