@@ -127,6 +127,9 @@ def main() -> int:
     t0 = time.perf_counter()
     trained = train_classifier(synthetic, config, watch={"real_validation": validation})
     summary = summarize(trained.history)
+    if summary["rules"]["synthetic_accuracy_ties_later"]["epoch"] != trained.best_epoch:  # the rule, recomputed
+        raise SystemExit(f"the aggregator's rule kept epoch {trained.best_epoch}, the recomputed rule "
+                         f"{summary['rules']['synthetic_accuracy_ties_later']['epoch']}: rules() is out of date")
     record = {"command": "python benchmarks/selection_signal.py " + " ".join(sys.argv[1:]),
               "synthetic": args.synthetic, "synthetic_rows": len(synthetic), "synthetic_held_out": trained.num_val,
               "real_validation_rows": len(validation), "config": config.to_dict(), "test_split_read": False,
