@@ -178,6 +178,20 @@ def test_import_at_another_seed_reuses_the_choice_made_on_validation_at_seed_0(e
         evidence.main([*command, "--reuse-choice", "0", "--sweep", str(sweep)])
 
 
+def test_the_table_says_where_the_fedavg_family_beats_federated_factory(evidence):
+    def records(*values):
+        return [{"test": {"accuracy": v}} for v in values]
+
+    behind = evidence.comparison({"ff-server": records(0.92, 0.94), "ff-network": records(0.90),
+                                  "fedavg": records(0.20), "fedprox": records(0.27), "centralized": records(0.98)},
+                                 "accuracy")
+    assert "no FedAvg-family method beats FederatedFactory (the best, FedProx, is 66.00 points below)" in behind
+    assert "server mode 0.949 × centralized (below 0.95; 2 server seeds)" in behind
+    ahead = evidence.comparison({"ff-server": records(0.80), "scaffold": records(0.85)}, "accuracy")
+    assert ahead.startswith("**SCAFFOLD beats FederatedFactory** by 5.00 points")
+    assert evidence.comparison({"fedavg": records(0.5)}, "accuracy") == ""
+
+
 def test_baseline_methods_report_validation_metrics_bytes_and_a_model(evidence):
     from federated_factory.classifier import evaluate_classifier
     from federated_factory.partition import partition_dataset
