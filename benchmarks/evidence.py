@@ -387,11 +387,16 @@ def import_ff(args) -> None:
     test = {"accuracy": metrics["accuracy"], "auroc": metrics.get("auroc"), "macro_f1": metrics.get("macro_f1"),
             "balanced_accuracy": sum(recall.values()) / len(recall) if recall else None, "per_class_recall": recall}
     timings = {**(data.get("timings") or {}), **(row.get("timings") or {})}
+    factories = [c for c in data.get("clients") or [] if "train_seconds" in c]
+    if factories:  # a resumed run's clients_seconds is only its republishing: the factories' own training is here
+        timings["factory_train_seconds_max"] = max(c["train_seconds"] for c in factories)
+        timings["factory_images_per_second_min"] = min(c["train_images_per_second"] for c in factories)
     communication = row.get("communication") or row.get("synthesis_stats")
     record = {"stage": "final", "seed": args.seed, "test": test, "timings": timings, "bytes": communication,
               "source": str(args.results), "source_command": data.get("command"),
               "source_machine": data.get("machine"), "selection": selection, "note": args.note,
-              "run_settings": {k: (data.get("config") or {}).get(k) for k in RUN_SETTINGS}}
+              # a sweep's chosen setting (say, another images-per-class count) is not the run's: its name is the record
+              "run_settings": None if args.sweep else {k: (data.get("config") or {}).get(k) for k in RUN_SETTINGS}}
     path = stage_path(Path(args.out), args.dataset, args.partition, args.method, f"seed{args.seed}")
     if path.exists():  # a new choice (say, a sweep over more candidates) replaces the number; the old one stays readable
         previous = json.loads(path.read_text())
@@ -481,6 +486,11 @@ def comparison(methods: dict[str, list[dict]], metric: str) -> str:
         ratio, seeds = ff["ff-server"][0] / central[0], ff["ff-server"][1]
         parts.append(f"server mode {ratio:.3f} × centralized ({'meets' if ratio >= 0.95 else 'below'} 0.95; "
                      f"{seeds} server seed{'s' if seeds != 1 else ''})")
+    factory_seconds = [r["timings"]["factory_train_seconds_max"] for r in methods.get("ff-server", [])
+                       if "factory_train_seconds_max" in (r.get("timings") or {})]
+    if factory_seconds:  # the target's budget: one CPU-hour of factory training per client
+        parts.append(f"the longest factory training {max(factory_seconds) / 60:.0f} min on one core "
+                     f"(budget 60; {len(factory_seconds)} seed{'s' if len(factory_seconds) != 1 else ''} recorded)")
     return "; ".join(parts) + "."
 
 
@@ -509,8 +519,8 @@ def render_table(out: Path) -> str:
     for (dataset, partition), methods in sorted(rows.items()):
         for method, records in sorted(methods.items()):
             for r in sorted(records, key=lambda r: r["seed"]):
-                timing = ", ".join(f"{k} {v:.0f} s" for k, v in (r.get("timings") or {}).items()
-                                   if isinstance(v, (int, float)))
+                timing = ", ".join(f"{k} {v:.0f}{'' if k.endswith('per_second_min') else ' s'}"
+                                   for k, v in (r.get("timings") or {}).items() if isinstance(v, (int, float)))
                 lines.append(f"- {dataset} / {partition} / {method} / seed {r['seed']}: test accuracy "
                              f"{100 * r['test']['accuracy']:.2f}%"
                              + (f", chosen `{r['chosen']}` by validation {r.get('metric')}" if r.get("chosen") else "")

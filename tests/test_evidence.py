@@ -93,6 +93,21 @@ def test_import_records_a_federated_factory_row(evidence, tmp_path):
     assert (tmp_path / "out/TABLE.png").stat().st_size > 0  # the table, plotted
 
 
+def test_import_records_the_factories_training_time_which_a_resumed_run_does_not_time(evidence, tmp_path):
+    results = tmp_path / "results.json"  # a --resume run: its clients stage only republished the factories
+    clients = [{"name": "hospital-00", "train_seconds": 3000.0, "train_images_per_second": 25.6},
+               {"name": "hospital-01", "train_seconds": 4200.0, "train_images_per_second": 18.3}]
+    results.write_text(json.dumps({"federated_factory": {"accuracy": 0.9}, "clients": clients,
+                                   "timings": {"clients_seconds": 19.0}}))
+    evidence.main(["--out", str(tmp_path / "out"), "import", "--dataset", "blood-cells-32", "--partition", "silos",
+                   "--seed", "0", "--method", "ff-server", "--results", str(results)])
+    timings = json.loads((tmp_path / "out/blood-cells-32/silos/ff-server/seed0.json").read_text())["timings"]
+    assert timings["factory_train_seconds_max"] == 4200.0 and timings["factory_images_per_second_min"] == 18.3
+    table = (tmp_path / "out/TABLE.md").read_text()
+    assert "the longest factory training 70 min on one core (budget 60; 1 seed recorded)" in table
+    assert "factory_train_seconds_max 4200 s" in table and "factory_images_per_second_min 18," in table
+
+
 def test_import_of_the_network_mode_reads_the_network_row_of_a_run_with_both_modes(evidence, tmp_path):
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"federated_factory": {"accuracy": 0.9, "per_class_recall": {"a": 0.9}},
@@ -162,6 +177,8 @@ def test_import_at_another_seed_reuses_the_choice_made_on_validation_at_seed_0(e
     common = ["--out", str(out), "import", "--dataset", "blood-cells-32", "--partition", "silos", "--method",
               "ff-server"]
     evidence.main([*common, "--seed", "0", "--results", str(results), "--sweep", str(sweep)])
+    seed0 = json.loads((out / "blood-cells-32/silos/ff-server/seed0.json").read_text())
+    assert seed0["run_settings"] is None  # the run's settings are not the sweep's chosen one (s1000-e30)
     seed1 = tmp_path / "seed1.json"  # a run at seed 1 with the chosen setting
     seed1.write_text(json.dumps({"federated_factory": {"accuracy": 0.93, "per_class_recall": {"a": 0.93}},
                                  "config": {"samples_per_class": 1000, "classifier_epochs": 30, "seed": 1}}))
