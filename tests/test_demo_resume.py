@@ -124,3 +124,78 @@ def test_resume_refuses_other_factory_options_and_removes_nothing(tmp_path):
     with pytest.raises(DemoError, match="holds no demo_config.json"):
         demo.prepare_output_dir(_config(out), out)
     assert (out / "clients").is_dir()
+
+
+def _federation_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "federation.py"
+    spec = importlib.util.spec_from_file_location("federation_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_factories_kept_in_the_repository_resume_a_run_on_another_machine(hub, two_hospitals, tmp_path, monkeypatch):
+    """benchmarks/federation.py --save-factories / --restore-factories: a run whose work dir is lost between
+    sessions goes on from the factories it finished, which travel as safetensors and JSON only."""
+    import torch
+
+    import federated_factory.client as client_module
+    import federated_factory.factory_training as training
+
+    script, first, kept, moved = _federation_script(), tmp_path / "first", tmp_path / "kept", tmp_path / "moved"
+    save_checkpoint = training._save_checkpoint
+
+    def stop_hospital_01(ckpt_dir, *args, **kwargs):
+        save_checkpoint(ckpt_dir, *args, **kwargs)
+        if "hospital-01" in str(ckpt_dir) and args[5] == 10:
+            raise Interrupted
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "_save_checkpoint", stop_hospital_01)
+        with pytest.raises(Interrupted):
+            _train(hub, _config(first), two_hospitals)
+    assert script.save_factories(first, kept) == 0
+    assert sorted(p.name for p in kept.iterdir()) == ["demo_config.json", "hospital-00"]  # 01 was still training
+    files = sorted(str(p.relative_to(kept / "hospital-00")) for p in (kept / "hospital-00").rglob("*") if p.is_file())
+    assert "checkpoint/state.pt" not in files and WEIGHTS in files and "factory.json" in files
+    assert all(f.endswith((".json", ".safetensors", ".png")) for f in files)
+    assert script.save_factories(first, kept) == 0  # saving again keeps what is there
+
+    assert script.restore_factories(kept, moved) == 0
+    trained = []
+    train_factory = client_module.train_factory
+
+    def record(data, config, *, output_dir, **kwargs):
+        trained.append((Path(output_dir).name, (Path(output_dir) / "checkpoint" / "state.pt").exists()))
+        return train_factory(data, config, output_dir=output_dir, **kwargs)
+
+    monkeypatch.setattr(client_module, "train_factory", record)
+    resumed, _ = _train(hub, _config(moved), two_hospitals)
+    assert trained == [("hospital-01", False)]  # hospital-00 comes from the repository; 01 starts afresh here
+    assert [c.resumed for c in resumed.clients] == [True, False]
+    assert (moved / "clients" / "hospital-00" / WEIGHTS).read_bytes() == \
+           (first / "clients" / "hospital-00" / WEIGHTS).read_bytes()
+    assert torch.load(first / "clients" / "hospital-01" / "checkpoint" / "state.pt")["step"] == 10
+
+    # Kept factories go only where they belong: not over another run's options, nor into a folder that is
+    # not a run's, and a hospital the work dir already holds is left alone.
+    other = tmp_path / "other"
+    demo.prepare_output_dir(_config(other, seed=1), other)
+    assert script.restore_factories(kept, other) == 2
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    assert script.restore_factories(kept, stray) == 2
+    assert not (stray / "clients").exists()
+    assert script.restore_factories(tmp_path / "nothing-kept", tmp_path / "new") == 2
+    (moved / "clients" / "hospital-00" / "factory.json").write_text("{}")
+    assert script.restore_factories(kept, moved) == 0
+    assert (moved / "clients" / "hospital-00" / "factory.json").read_text() == "{}"
+    # A factory of another run under the same name is refused, not overwritten.
+    assert script.save_factories(moved, kept) == 2
+    # Weights travel as safetensors only: a pickle in a pipeline is refused, and nothing of that factory is kept.
+    (first / "clients" / "hospital-00" / "pipeline" / "unet" / "extra.bin").write_bytes(b"pickle")
+    assert script.save_factories(first, tmp_path / "kept-again") == 2
+    assert not (tmp_path / "kept-again" / "hospital-00").exists()
