@@ -58,7 +58,7 @@ KEPT_ON_RESUME = ("clients", "cache", RUN_CONFIG_FILE)
 # factories only when these are the earlier run's. Every other option (synthesis, classifier, baselines, modes,
 # unlearning, workers) may change: the stages after the hospitals' rerun with it.
 FACTORY_OPTIONS = ("dataset", "partition", "num_clients", "alpha", "classes_per_client", "partition_seed", "image_size",
-                   "channels", "preset", "train_steps", "flip", "audit_samples_per_class", "seed")
+                   "channels", "preset", "train_steps", "flip", "factory_precision", "audit_samples_per_class", "seed")
 
 
 @dataclass
@@ -76,6 +76,9 @@ class DemoConfig:
     preset: str = field(default="demo", metadata={"help": "factory preset: tiny | demo | cpu | gpu"})
     train_steps: int | None = field(default=None, metadata={"help": "override the preset's factory steps"})
     flip: Literal["none", "h", "hv"] = field(default="none", metadata={"help": "factory flip augmentation"})
+    factory_precision: Literal["auto", "no", "bf16"] | None = field(default=None, metadata={
+        "help": "override the preset's factory training precision: no (fp32), bf16 (autocast), or auto (bf16 "
+                "where the machine runs it natively); a benchmark whose seeds span machines pins it"})
     samples_per_class: int = field(default=250, metadata={"help": "synthetic images per class"})
     sampler: str = field(default="dpm++", metadata={"help": "diffusion sampler of the synthesis"})
     num_inference_steps: int = field(default=20, metadata={"help": "sampler steps per image"})
@@ -386,6 +389,8 @@ def train_factories(config: DemoConfig, out: Path, server, fed: Federation, data
     overrides = {"image_size": data.image_size, "channels": data.channels, "flip": config.flip, "seed": config.seed}
     if config.train_steps:
         overrides["train_steps"] = config.train_steps
+    if config.factory_precision:
+        overrides["mixed_precision"] = config.factory_precision
     factory_config = preset(config.preset, **overrides)
     if config.resume:  # an interrupted factory resumes from its latest checkpoint (at most a tenth of its steps lost)
         factory_config = dataclasses.replace(factory_config, checkpoint_every=max(1, factory_config.train_steps // 10))

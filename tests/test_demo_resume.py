@@ -115,6 +115,8 @@ def test_resume_refuses_other_factory_options_and_removes_nothing(tmp_path):
     (out / "clients").mkdir()
     with pytest.raises(DemoError, match=r"train_steps: 20 then, 40 now; seed: 0 then, 1 now"):
         demo.prepare_output_dir(_config(out, train_steps=40, seed=1, classifier_epochs=3), out)
+    with pytest.raises(DemoError, match=r"factory_precision: None then, 'no' now"):
+        demo.prepare_output_dir(_config(out, factory_precision="no"), out)
     assert (out / "clients").is_dir()
     # What comes after the factories may change: their options are the new run's.
     demo.prepare_output_dir(_config(out, classifier_epochs=3, samples_per_class=50, mode="network", workers=2), out)
@@ -124,6 +126,21 @@ def test_resume_refuses_other_factory_options_and_removes_nothing(tmp_path):
     with pytest.raises(DemoError, match="holds no demo_config.json"):
         demo.prepare_output_dir(_config(out), out)
     assert (out / "clients").is_dir()
+
+
+def test_factory_precision_overrides_the_presets(hub, two_hospitals, tmp_path):
+    """--factory-precision pins the factories' training precision, so that seeds trained on machines with and
+    without native bfloat16 train alike (the `cpu` preset's "auto" is bf16 on one and fp32 on the other)."""
+    import torch
+
+    from federated_factory.runtime import resolve_precision
+
+    out = tmp_path / "run"
+    _train(hub, _config(out, resume=False, train_steps=4, factory_precision="auto"), two_hospitals)
+    factory = json.loads((out / "clients" / "hospital-00" / "factory.json").read_text())
+    assert factory["config"]["mixed_precision"] == "auto"  # the tiny preset's own is "no"
+    native = resolve_precision("auto", torch.device("cpu")) == "bf16"
+    assert factory["train_stats"]["precision"] == ("bf16" if native else "no")
 
 
 def _federation_script():
