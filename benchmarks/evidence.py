@@ -4,7 +4,7 @@
 Every finished (row, stage) is one JSON file written atomically under `--out` (default
 `benchmarks/results/evidence/`) and skipped when the driver runs again, so a run longer than a session
 resumes where it stopped; commit the folder as stages finish. Each file records the wall time of every
-sub-stage, the bytes exchanged, the machine (platform, cores, torch threads, load average) and the command.
+sub-stage, the bytes exchanged, the machine (platform, cores, CPU kernels, torch threads, load average) and the command.
 
 Layout: `<out>/<dataset>/<partition>/<method>/select-<name>.json` (one validation-scored candidate, seed 0)
 and `<out>/<dataset>/<partition>/<method>/seed<k>.json` (the chosen setting at seed k: validation and
@@ -82,11 +82,17 @@ CVAE_GRID = {
 
 
 def machine() -> dict:
-    import torch
+    from federated_factory.runtime import machine as described
 
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "load_average": list(os.getloadavg()), "python": platform.python_version()}
+    return {**described(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "load_average": list(os.getloadavg())}
+
+
+def _machine_line(record: dict) -> str:
+    """Where a record's number was measured: the run's machine for an imported run, else the driver's."""
+    m = record.get("source_machine") or record["machine"]
+    line = f"{m['platform']}, {m['cpu_count']} cores" + (f" ({m['cpu_capability']})" if m.get("cpu_capability") else "")
+    return line + (f", load {m['load_average'][0]:.1f}" if m.get("load_average") else "")
 
 
 def scores(metrics: dict) -> dict:
@@ -525,8 +531,7 @@ def render_table(out: Path) -> str:
                              f"{100 * r['test']['accuracy']:.2f}%"
                              + (f", chosen `{r['chosen']}` by validation {r.get('metric')}" if r.get("chosen") else "")
                              + f"; bytes {json.dumps(r.get('bytes'), default=str)}; {timing}; machine "
-                             f"{r['machine']['platform']}, {r['machine']['cpu_count']} cores, load "
-                             f"{r['machine']['load_average'][0]:.1f}")
+                             + _machine_line(r))
     return "\n".join(lines) + "\n"
 
 

@@ -581,10 +581,12 @@ def collect_results(config: DemoConfig, data: DataStage, fed: Federation, factor
                 "rounds": 1,
             },
         }
+    from .runtime import machine
+
     return DemoResults(
         config=config.to_dict(),
         factory_config=factories.factory_config.to_dict(),
-        machine=_machine(),
+        machine=machine(),
         dataset={"train": describe(data.train), "test": describe(data.test)},
         partition={"scheme": data.partition.scheme, "num_clients": data.partition.num_clients,
                    "counts": data.partition.counts(data.train).tolist(), "client_names": [c.name for c in fed.clients],
@@ -855,16 +857,6 @@ def _train_clients(jobs: list[dict], workers: int, progress: bool) -> list[Clien
 
 def _published_bytes(pipeline_dir: Path) -> int:
     return sum(p.stat().st_size for p in pipeline_dir.rglob("*") if p.is_file())
-
-
-def _machine() -> dict:
-    import platform
-
-    import torch
-
-    return {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(), "python": platform.python_version(),
-            "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def _fmt(value) -> str:

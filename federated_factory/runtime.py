@@ -191,6 +191,19 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
+def machine() -> dict[str, Any]:
+    """What a measurement ran on: platform, cores, torch and its CPU kernels (``cpu_capability``: "AVX2",
+    "AVX512", ...; a timing or a last float bit depends on them), whether the CPU runs bf16 natively, the GPU."""
+    import platform
+
+    cpu = torch.device("cpu")
+    return {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": resolve_precision("auto", cpu) == "bf16", "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available(), "python": platform.python_version(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
 def autocast_for(precision: str, device: torch.device) -> torch.autocast:
     """The forward-pass autocast context for a resolved ``precision``."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -203,6 +216,7 @@ __all__ = [
     "environment",
     "flush_denormals",
     "library_progress_bars",
+    "machine",
     "map_in_processes",
     "resolve_precision",
     "seeded",

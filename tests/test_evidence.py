@@ -67,7 +67,7 @@ def test_choice_uses_validation_test_read_once_per_seed_and_rerun_skips(evidence
     seed0 = json.loads((tmp_path / "blood-cells-32/silos/fedcvae/seed0.json").read_text())
     assert seed0["chosen"] == "z32-b1" and seed0["reused_from"] == "select-z32-b1"
     assert "test" not in json.loads((tmp_path / "blood-cells-32/silos/fedcvae/select-z16-b1.json").read_text())
-    assert {"platform", "cpu_count", "load_average"} <= set(seed0["machine"])
+    assert {"platform", "cpu_count", "cpu_capability", "native_bf16", "load_average"} <= set(seed0["machine"])
 
     calls.clear()
     evidence.run_method(args, data, "silos", "fedcvae", [0, 1, 2])  # resume: only seed 2 is new
@@ -181,7 +181,9 @@ def test_import_at_another_seed_reuses_the_choice_made_on_validation_at_seed_0(e
     assert seed0["run_settings"] is None  # the run's settings are not the sweep's chosen one (s1000-e30)
     seed1 = tmp_path / "seed1.json"  # a run at seed 1 with the chosen setting
     seed1.write_text(json.dumps({"federated_factory": {"accuracy": 0.93, "per_class_recall": {"a": 0.93}},
-                                 "config": {"samples_per_class": 1000, "classifier_epochs": 30, "seed": 1}}))
+                                 "config": {"samples_per_class": 1000, "classifier_epochs": 30, "seed": 1},
+                                 "machine": {"platform": "Linux-run-host", "cpu_count": 2,
+                                             "cpu_capability": "AVX512"}}))
     command = [*common, "--seed", "1", "--results", str(seed1)]
     evidence.main([*command, "--reuse-choice", "0"])
     record = json.loads((out / "blood-cells-32/silos/ff-server/seed1.json").read_text())
@@ -189,6 +191,9 @@ def test_import_at_another_seed_reuses_the_choice_made_on_validation_at_seed_0(e
     assert record["selection"]["chosen"] == "s1000-e30" and record["selection"]["reused_from_seed"] == 0
     assert record["run_settings"]["samples_per_class"] == 1000 and record["run_settings"]["seed"] == 1
     assert "92.50 ± 0.71 (2 seeds)" in (out / "TABLE.md").read_text()
+    # the table names the machine the run measured on, not the one that imported it
+    assert "seed 1: test accuracy 93.00%" in (out / "TABLE.md").read_text()
+    assert "machine Linux-run-host, 2 cores (AVX512)" in (out / "TABLE.md").read_text()
     with pytest.raises(SystemExit, match="seed2.json records no choice"):
         evidence.main([*command, "--reuse-choice", "2"])
     with pytest.raises(SystemExit, match="--sweep .* or --reuse-choice"):
