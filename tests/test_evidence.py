@@ -89,8 +89,23 @@ def test_import_records_a_federated_factory_row(evidence, tmp_path):
     record = json.loads((tmp_path / "out/derma-28/silos/ff-server/seed0.json").read_text())
     assert record["test"]["balanced_accuracy"] == pytest.approx(0.8)
     table = (tmp_path / "out/TABLE.md").read_text()
-    assert "90.00 (1 seed) / 99.00 (1 seed) / 80.00 (1 seed)" in table
+    assert "80.00 (1 seed) / 99.00 (1 seed) / 90.00 (1 seed)" in table  # balanced accuracy / AUROC / accuracy
     assert (tmp_path / "out/TABLE.png").stat().st_size > 0  # the table, plotted
+
+
+def test_derma_rows_are_compared_on_balanced_accuracy_not_on_accuracy(evidence):
+    # nevi are 67% of derma: a FedAvg that calls every lesion a nevus has the higher accuracy and the
+    # worse classifier; the row's verdict must be taken on balanced accuracy, and name it
+    def record(accuracy, balanced):
+        return {"seed": 0, "test": {"accuracy": accuracy, "balanced_accuracy": balanced}}
+
+    methods = {"ff-server": [record(0.57, 0.56)], "fedavg": [record(0.67, 1 / 7)]}
+    metric = evidence.DATASETS["derma-28"]["metrics"][0]
+    sentence = evidence.comparison(methods, metric)
+    assert metric == "balanced_accuracy"
+    assert "no FedAvg-family method beats FederatedFactory" in sentence and "balanced accuracy" in sentence
+    # on accuracy the same records would read the other way, which is why the metric is the row's, not global
+    assert "**FedAvg beats FederatedFactory** by 10.00 points of accuracy" in evidence.comparison(methods, "accuracy")
 
 
 def test_import_records_the_factories_training_time_which_a_resumed_run_does_not_time(evidence, tmp_path):
@@ -207,7 +222,8 @@ def test_the_table_says_where_the_fedavg_family_beats_federated_factory(evidence
     behind = evidence.comparison({"ff-server": records(0.92, 0.94), "ff-network": records(0.90),
                                   "fedavg": records(0.20), "fedprox": records(0.27), "centralized": records(0.98)},
                                  "accuracy")
-    assert "no FedAvg-family method beats FederatedFactory (the best, FedProx, is 66.00 points below)" in behind
+    assert ("no FedAvg-family method beats FederatedFactory (the best, FedProx, is 66.00 points below, on accuracy)"
+            in behind)
     assert "server mode 0.949 × centralized (below 0.95; 2 server seeds)" in behind
     ahead = evidence.comparison({"ff-server": records(0.80), "scaffold": records(0.85)}, "accuracy")
     assert ahead.startswith("**SCAFFOLD beats FederatedFactory** by 5.00 points")
