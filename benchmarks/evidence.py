@@ -462,8 +462,8 @@ def plot_table(out: Path) -> Path | None:
             ax.text(x, statistics.mean(values) + std + 0.01, f"{100 * statistics.mean(values):.1f}\n({len(values)})",
                     ha="center", va="bottom", fontsize=6)
     ax.set_ylim(0, 1.15)
-    ax.set_xticks(range(len(groups)), [f"{d}\n{p}\n({METRIC_NAMES[DATASETS.get(d, {}).get('metrics', ('accuracy',))[0]]})"
-                                       for d, p in groups])
+    headline = {d: METRIC_NAMES[DATASETS.get(d, {}).get("metrics", ("accuracy",))[0]] for d, _ in groups}
+    ax.set_xticks(range(len(groups)), [f"{d}\n{p}\n({headline[d]})" for d, p in groups])
     ax.set_ylabel("test headline metric (mean over seeds)")
     ax.set_title("Evidence table (issue 14): each row's headline metric on test, mean over seeds "
                  "(seed count in brackets)", fontsize=9)
