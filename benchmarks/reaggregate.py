@@ -23,7 +23,6 @@ pick one on validation and read test once for it:
 import argparse
 import dataclasses
 import json
-import platform
 import secrets
 import sys
 import time
@@ -53,6 +52,7 @@ def main() -> int:
     from federated_factory.aggregator import aggregate
     from federated_factory.hub.manifest import load_manifest
     from federated_factory.hub.server import HubServer
+    from federated_factory.runtime import machine
 
     manifest = load_manifest(run / "aggregate" / "manifest.resolved.yaml")
     synthesis = manifest.synthesis
@@ -100,7 +100,16 @@ def main() -> int:
         else evaluation["accuracy"] / central,
         "synthesis_stats": aggregation.synthesis,
         "timings": {**aggregation.timings, "wall_seconds": seconds},
-        "machine": {"platform": platform.platform(), "cpu_count": results["machine"]["cpu_count"]},
+        # the run's settings with the ones changed here, its factories' training cost and the machine this ran on,
+        # so that `evidence.py import` of a re-aggregated number records what an import of the run would
+        "config": {**(results.get("config") or {}), "samples_per_class": synthesis.samples_per_class,
+                   "num_inference_steps": synthesis.num_inference_steps,
+                   "synthesis_precision": synthesis.precision, "classifier_epochs": classifier.get("epochs"),
+                   "evaluation_split": evaluation_spec.get("split", "test")},
+        "clients": [{k: c[k] for k in ("name", "train_seconds", "train_images_per_second") if k in c}
+                    for c in results["clients"]],
+        "machine": machine(),
+        "run_machine": results.get("machine"),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))

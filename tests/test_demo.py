@@ -306,3 +306,8 @@ def test_reaggregate_scores_a_candidate_on_the_split_it_is_told(demo_run, tmp_pa
     assert candidate["vs_centralized"] is None  # the run's centralized number is a test number
     assert candidate["synthesis"]["samples_per_class"] == 14
     assert [p.name for p in run.glob("reaggregate-s14-*/classifier")] == ["classifier"]  # for --trained
+    # what an import of the re-aggregated number needs: the settings it ran with, the factories' own cost
+    assert candidate["config"]["samples_per_class"] == 14 and candidate["config"]["evaluation_split"] == "train"
+    assert candidate["config"]["seed"] == results["config"]["seed"]
+    assert [c["train_seconds"] for c in candidate["clients"]] == [c["train_seconds"] for c in results["clients"]]
+    assert candidate["machine"]["cpu_capability"] and candidate["run_machine"] == results["machine"]
