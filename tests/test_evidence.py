@@ -105,6 +105,11 @@ def test_derma_rows_are_compared_on_balanced_accuracy_not_on_accuracy(evidence):
     assert metric == "balanced_accuracy"
     assert "no FedAvg-family method beats FederatedFactory" in sentence and "balanced accuracy" in sentence
     # on accuracy the same records would read the other way, which is why the metric is the row's, not global
+    # and the server mode's ratio to centralized is given on every metric of the row, not only the headline one
+    methods["ff-server"][0]["test"]["auroc"], methods["centralized"] = 0.87, [record(0.78, 0.51)]
+    methods["centralized"][0]["test"]["auroc"] = 0.93
+    sentence = evidence.comparison(methods, *evidence.headline_and_others("derma-28"))
+    assert "server mode 1.098 × centralized (meets 0.95; 1 server seed); on macro-AUROC 0.935 × (below 0.95)" in sentence
     assert "**FedAvg beats FederatedFactory** by 10.00 points of accuracy" in evidence.comparison(methods, "accuracy")
 
 
