@@ -109,7 +109,8 @@ def test_derma_rows_are_compared_on_balanced_accuracy_not_on_accuracy(evidence):
     methods["ff-server"][0]["test"]["auroc"], methods["centralized"] = 0.87, [record(0.78, 0.51)]
     methods["centralized"][0]["test"]["auroc"] = 0.93
     sentence = evidence.comparison(methods, *evidence.headline_and_others("derma-28"))
-    assert "server mode 1.098 × centralized (meets 0.95; 1 server seed); on macro-AUROC 0.935 × (below 0.95)" in sentence
+    assert ("server mode 1.098 × centralized (meets 0.95; 1 server seed); on macro-AUROC 0.935 × (below 0.95)"
+            in sentence)
     assert "**FedAvg beats FederatedFactory** by 10.00 points of accuracy" in evidence.comparison(methods, "accuracy")
 
 
