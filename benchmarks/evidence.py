@@ -159,11 +159,11 @@ class Data:
         return [self.partition.client_dataset(self.train, i) for i in range(self.partition.num_clients)]
 
 
-def classifier_config(args, data: Data, seed: int):
+def classifier_config(args, data: Data, seed: int, **overrides):
     from federated_factory.classifier import ClassifierConfig
 
     return ClassifierConfig(epochs=args.classifier_epochs, hflip=data.spec["hflip"], vflip=data.spec["vflip"],
-                            seed=seed)
+                            seed=seed, **overrides)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -211,11 +211,11 @@ def fl_once(args, data: Data, method: str, lr: float, seed: int) -> tuple[dict, 
     return record, (model, list(data.train.features["label"].names))
 
 
-def centralized_once(args, data: Data, seed: int) -> tuple[dict, object]:
+def centralized_once(args, data: Data, setting: dict, seed: int) -> tuple[dict, object]:
     from federated_factory.baselines import run_centralized
 
-    out = run_centralized(data.clients(), data.validation, classifier_config(args, data, seed), progress=False,
-                          return_model=True)
+    out = run_centralized(data.clients(), data.validation, classifier_config(args, data, seed, **setting),
+                          progress=False, return_model=True)
     model = out.pop("model")
     record = {"validation": scores(out), "timings": {"train_seconds": out["wall_time_s"]},
               "bytes": {"upload": 0, "download": 0, "note": "all data pooled: not a federated method"},
@@ -256,7 +256,9 @@ def candidates(args, method: str) -> dict[str, dict]:
     if method in ("fedavg", "fedprox", "scaffold"):
         lrs = args.scaffold_lrs if method == "scaffold" else args.fl_lrs
         return {f"lr{lr:g}": {"lr": lr} for lr in lrs}
-    return {}
+    # centralized trains on the pooled real rows, as imbalanced as the dataset (derma: 67% nevi); whether to
+    # weight its loss by class is a setting like any other, chosen on validation
+    return {w: {"class_weighting": w} for w in args.centralized_weighting}
 
 
 def once(args, data: Data, method: str, setting: dict, seed: int):
@@ -264,7 +266,7 @@ def once(args, data: Data, method: str, setting: dict, seed: int):
         return fedcvae_once(args, data, setting, seed)
     if method in ("fedavg", "fedprox", "scaffold"):
         return fl_once(args, data, method, setting["lr"], seed)
-    return centralized_once(args, data, seed)
+    return centralized_once(args, data, setting, seed)
 
 
 def set_aside(path: Path, label: str) -> Path:
@@ -584,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--fl-local-epochs", type=int, default=1)
     run.add_argument("--fl-lrs", nargs="+", type=float, default=[1e-3, 3e-3, 1e-2])
     run.add_argument("--scaffold-lrs", nargs="+", type=float, default=[0.01, 0.05, 0.1])
+    run.add_argument("--centralized-weighting", nargs="+", default=["none", "balanced"], choices=("none", "balanced"),
+                     help="centralized's candidates: plain or class-balanced cross-entropy, chosen on validation")
     run.add_argument("--fedprox-mu", type=float, default=0.01)
     imp = sub.add_parser("import", help="record a FederatedFactory row from a finished run's results JSON")
     imp.add_argument("--dataset", required=True)

@@ -384,3 +384,30 @@ def test_classifier_errors_are_project_errors_and_value_errors():
         with pytest.raises(ClassifierError) as info:
             bad()
         assert isinstance(info.value, FederatedFactoryError) and isinstance(info.value, ValueError)
+
+
+def test_balanced_class_weighting_weighs_each_class_as_if_the_rows_were_balanced():
+    import torch
+
+    from federated_factory.classifier.training import balanced_class_weights
+
+    y = torch.tensor([0] * 6 + [1] * 3 + [2] * 1)  # 10 rows, 3 classes present, a 4th absent
+    weights = balanced_class_weights(y, 4)
+    assert weights.tolist() == pytest.approx([10 / (4 * 6), 10 / (4 * 3), 10 / (4 * 1), 0.0])
+    assert (weights[y].sum() / len(y)).item() == pytest.approx(3 / 4)  # each present class carries 10/4 in all
+    with pytest.raises(ClassifierError, match="class_weighting must be 'none' or 'balanced', got 'inverse'"):
+        ClassifierConfig(class_weighting="inverse")
+
+
+def test_balanced_class_weighting_changes_what_an_imbalanced_set_trains():
+    # 20 rows of c0 and c2, 2 of c1: the weighted loss gives c1 ten times c0's weight, so the weights differ
+    kept = datasets.concatenate_datasets([pattern_dataset(20, classes=(0, 2), names=["c0", "c1", "c2"]),
+                                          pattern_dataset(2, classes=(1,), seed=1, names=["c0", "c1", "c2"])])
+    config = dict(epochs=1, batch_size=8, val_fraction=0, seed=0)
+    plain = train_classifier(kept, ClassifierConfig(**config), progress=False)
+    weighted = train_classifier(kept, ClassifierConfig(**config, class_weighting="balanced"), progress=False)
+    again = train_classifier(kept, ClassifierConfig(**config, class_weighting="balanced"), progress=False)
+    pairs = list(zip(plain.model.state_dict().values(), weighted.model.state_dict().values()))
+    assert any(not torch.equal(a, b) for a, b in pairs)
+    assert all(torch.equal(a, b) for a, b in zip(weighted.model.state_dict().values(),
+                                                 again.model.state_dict().values()))  # still deterministic

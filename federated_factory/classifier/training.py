@@ -158,6 +158,13 @@ def train_classifier(
     )
 
 
+def balanced_class_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Cross-entropy class weights n / (K · n_c) over the labels ``y`` (scikit-learn's "balanced"): every class
+    then weighs as much in the loss as if the rows were balanced. A class with no row gets weight 0."""
+    counts = torch.bincount(y, minlength=num_classes).double()
+    return torch.where(counts > 0, len(y) / (num_classes * counts.clamp(min=1)), 0.0).float()
+
+
 def train_on_tensors(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -205,6 +212,8 @@ def train_on_tensors(
             model = model.to(memory_format=torch.channels_last)
         model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
         unwrapped = accelerator.unwrap_model(model)
+        class_weight = balanced_class_weights(y, num_classes).to(accelerator.device) \
+            if config.class_weighting == "balanced" else None
 
         history: list[dict[str, Any]] = []
         best_acc, best_epoch, best_state = -1.0, config.epochs, None
@@ -222,7 +231,7 @@ def train_on_tensors(
                 if config.channels_last:
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 with accelerator.autocast(), autocast_for(precision, accelerator.device):
-                    loss = F.cross_entropy(model(xb), yb, label_smoothing=config.label_smoothing)
+                    loss = F.cross_entropy(model(xb), yb, weight=class_weight, label_smoothing=config.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 accelerator.backward(loss)
                 optimizer.step()
