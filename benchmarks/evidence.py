@@ -60,6 +60,13 @@ DATASETS = {
 }
 METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "auroc": "macro-AUROC",
                 "macro_f1": "macro-F1"}
+
+
+def metrics_of(dataset: str) -> tuple[str, ...]:
+    """A dataset's headline metrics, the one its methods are compared on first."""
+    return DATASETS.get(dataset, {}).get("metrics", ("accuracy",))
+
+
 METHODS = ("ff-server", "ff-network", "fedcvae", "fedavg", "fedprox", "scaffold", "centralized")
 COLUMNS = {"ff-server": "FederatedFactory (server)", "ff-network": "FederatedFactory (network)",
            "fedcvae": "FedCVAE-Ens", "fedavg": "FedAvg", "fedprox": "FedProx", "scaffold": "SCAFFOLD",
@@ -453,7 +460,7 @@ def plot_table(out: Path) -> Path | None:
     ax = fig.add_subplot()
     for k, method in enumerate(methods):
         for i, group in enumerate(groups):
-            metric = DATASETS.get(group[0], {}).get("metrics", ("accuracy",))[0]
+            metric = metrics_of(group[0])[0]
             values = [r["test"].get(metric) for r in rows[group].get(method, []) if r["test"].get(metric) is not None]
             if not values:
                 continue
@@ -464,7 +471,7 @@ def plot_table(out: Path) -> Path | None:
             ax.text(x, statistics.mean(values) + std + 0.01, f"{100 * statistics.mean(values):.1f}\n({len(values)})",
                     ha="center", va="bottom", fontsize=6)
     ax.set_ylim(0, 1.15)
-    headline = {d: METRIC_NAMES[DATASETS.get(d, {}).get("metrics", ("accuracy",))[0]] for d, _ in groups}
+    headline = {d: METRIC_NAMES[metrics_of(d)[0]] for d, _ in groups}
     ax.set_xticks(range(len(groups)), [f"{d}\n{p}\n({headline[d]})" for d, p in groups])
     ax.set_ylabel("test headline metric (mean over seeds)")
     ax.set_title("Evidence table (issue 14): each row's headline metric on test, mean over seeds "
@@ -474,7 +481,7 @@ def plot_table(out: Path) -> Path | None:
 
 
 def headline_and_others(dataset: str) -> tuple[str, tuple[str, ...]]:
-    metrics = DATASETS.get(dataset, {}).get("metrics", ("accuracy",))
+    metrics = metrics_of(dataset)
     return metrics[0], tuple(metrics[1:])
 
 
@@ -508,8 +515,9 @@ def comparison(methods: dict[str, list[dict]], metric: str, also: tuple[str, ...
         parts.append(f"server mode {ratio:.3f} × centralized ({'meets' if ratio >= 0.95 else 'below'} 0.95; "
                      f"{seeds} server seed{'s' if seeds != 1 else ''})")
         for other in also:
-            if mean("ff-server", other) and mean("centralized", other):
-                ratio = mean("ff-server", other)[0] / mean("centralized", other)[0]
+            server, reference = mean("ff-server", other), mean("centralized", other)
+            if server and reference:
+                ratio = server[0] / reference[0]
                 parts.append(f"on {METRIC_NAMES[other]} {ratio:.3f} × ({'meets' if ratio >= 0.95 else 'below'} 0.95)")
     factory_seconds = [r["timings"]["factory_train_seconds_max"] for r in methods.get("ff-server", [])
                        if "factory_train_seconds_max" in (r.get("timings") or {})]
@@ -530,7 +538,7 @@ def render_table(out: Path) -> str:
              "| dataset | partition | " + " | ".join(COLUMNS.values()) + " | paper (reference) |",
              "|---|---|" + "---|" * (len(COLUMNS) + 1)]
     for (dataset, partition), methods in sorted(rows.items()):
-        metrics = DATASETS.get(dataset, {}).get("metrics", ("accuracy",))
+        metrics = metrics_of(dataset)
         cells = []
         for method in COLUMNS:
             records = methods.get(method, [])
@@ -550,7 +558,7 @@ def render_table(out: Path) -> str:
                                    for k, v in (r.get("timings") or {}).items() if isinstance(v, (int, float)))
                 lines.append(f"- {dataset} / {partition} / {method} / seed {r['seed']}: test "
                              + ", ".join(f"{METRIC_NAMES[m]} {100 * r['test'][m]:.2f}%"
-                                         for m in DATASETS.get(dataset, {}).get("metrics", ("accuracy",))
+                                         for m in metrics_of(dataset)
                                          if r["test"].get(m) is not None)
                              + (f", chosen `{r['chosen']}` by validation {r.get('metric')}" if r.get("chosen") else "")
                              + f"; bytes {json.dumps(r.get('bytes'), default=str)}; {timing}; machine "

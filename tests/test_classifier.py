@@ -387,8 +387,6 @@ def test_classifier_errors_are_project_errors_and_value_errors():
 
 
 def test_balanced_class_weighting_weighs_each_class_as_if_the_rows_were_balanced():
-    import torch
-
     from federated_factory.classifier.training import balanced_class_weights
 
     y = torch.tensor([0] * 6 + [1] * 3 + [2] * 1)  # 10 rows, 3 classes present, a 4th absent
