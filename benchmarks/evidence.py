@@ -264,8 +264,10 @@ def candidates(args, method: str) -> dict[str, dict]:
         lrs = args.scaffold_lrs if method == "scaffold" else args.fl_lrs
         return {f"lr{lr:g}": {"lr": lr} for lr in lrs}
     # centralized trains on the pooled real rows, as imbalanced as the dataset (derma: 67% nevi); whether to
-    # weight its loss by class is a setting like any other, chosen on validation
-    return {w: {"class_weighting": w} for w in args.centralized_weighting}
+    # weight its loss by class, and which held-out score picks its epoch, are settings like any other, chosen on
+    # validation (a candidate whose epoch is picked by accuracy keeps its earlier name: "none", "balanced")
+    return {w if s == "accuracy" else f"{w}-epoch-by-{s}": {"class_weighting": w, "selection_metric": s}
+            for w in args.centralized_weighting for s in args.centralized_selection}
 
 
 def once(args, data: Data, method: str, setting: dict, seed: int):
@@ -596,6 +598,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--scaffold-lrs", nargs="+", type=float, default=[0.01, 0.05, 0.1])
     run.add_argument("--centralized-weighting", nargs="+", default=["none", "balanced"], choices=("none", "balanced"),
                      help="centralized's candidates: plain or class-balanced cross-entropy, chosen on validation")
+    run.add_argument("--centralized-selection", nargs="+", default=["accuracy", "balanced_accuracy"],
+                     choices=("accuracy", "balanced_accuracy"),
+                     help="centralized's candidates: the score on its held-out slice of the training rows that picks "
+                          "the epoch (the slice is as imbalanced as the data), chosen on validation")
     run.add_argument("--fedprox-mu", type=float, default=0.01)
     imp = sub.add_parser("import", help="record a FederatedFactory row from a finished run's results JSON")
     imp.add_argument("--dataset", required=True)

@@ -409,3 +409,34 @@ def test_balanced_class_weighting_changes_what_an_imbalanced_set_trains():
     assert any(not torch.equal(a, b) for a, b in pairs)
     assert all(torch.equal(a, b) for a, b in zip(weighted.model.state_dict().values(),
                                                  again.model.state_dict().values()))  # still deterministic
+
+
+def test_held_out_balanced_accuracy_is_the_mean_recall_of_the_classes_present(trained):
+    from sklearn.metrics import balanced_accuracy_score
+
+    # 30 / 5 / 1 rows of the three classes, labels of the last two rotated so that recall differs by class
+    val = datasets.concatenate_datasets([pattern_dataset(30, classes=(0,), seed=3, names=["c0", "c1", "c2"]),
+                                         pattern_dataset(5, classes=(1,), seed=4, names=["c0", "c1", "c2"]),
+                                         pattern_dataset(1, classes=(2,), seed=5, names=["c0", "c1", "c2"])])
+    x, y = clf.dataset_to_tensors(val, 1)
+    y = torch.where(y == 2, 0, y)  # class 2 absent from y: balanced accuracy averages over c0 and c1 only
+    predicted = predict_logits(trained.model, x).argmax(1)
+    scores = clf.held_out_scores(trained.model, x, y)
+    assert scores["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y.numpy(), predicted.numpy()))
+    assert scores["accuracy"] == pytest.approx((predicted == y).float().mean().item())
+
+
+def test_the_epoch_can_be_chosen_on_held_out_balanced_accuracy():
+    # an imbalanced training set (40 / 40 / 4): the stratified held-out slice is imbalanced too
+    train = datasets.concatenate_datasets([pattern_dataset(40, classes=(0, 1), names=["c0", "c1", "c2"]),
+                                           pattern_dataset(4, classes=(2,), seed=1, names=["c0", "c1", "c2"])])
+    config = ClassifierConfig(**FAST, seed=0, val_fraction=0.25, selection_metric="balanced_accuracy")
+    result = train_classifier(train, config, progress=False)
+    balanced = [h["val_balanced_accuracy"] for h in result.history]
+    assert result.best_epoch == max(i + 1 for i, b in enumerate(balanced) if b == max(balanced))  # ties → later
+    assert result.best_val_accuracy == result.history[result.best_epoch - 1]["val_accuracy"]  # the kept epoch's
+    selection = result.summary()["selection"]
+    assert selection["metric"] == "balanced_accuracy" and "balanced accuracy" in selection["rule"]
+    assert selection["held_out_balanced_accuracy"] == max(balanced)
+    with pytest.raises(ClassifierError, match="selection_metric must be one of .*got 'auroc'"):
+        ClassifierConfig(selection_metric="auroc")

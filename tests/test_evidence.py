@@ -255,7 +255,7 @@ def test_baseline_methods_report_validation_metrics_bytes_and_a_model(evidence):
     data = TinyData()
     args = argparse.Namespace(classifier_epochs=1, fl_rounds=1, fl_local_epochs=1, fedprox_mu=0.01)
     for method, setting in (("fedavg", {"lr": 3e-3}), ("scaffold", {"lr": 0.05}), ("centralized", {}),
-                            ("centralized", {"class_weighting": "balanced"})):
+                            ("centralized", {"class_weighting": "balanced", "selection_metric": "balanced_accuracy"})):
         record, (model, label_names) = evidence.once(args, data, method, setting, 0)
         assert label_names == data.train.features["label"].names
         again = evidence.scores(evaluate_classifier(model, data.validation, label_names))
@@ -263,10 +263,18 @@ def test_baseline_methods_report_validation_metrics_bytes_and_a_model(evidence):
         assert "test" not in record and record["bytes"] is not None
 
 
-def test_centralized_chooses_its_class_weighting_on_validation_like_any_setting(evidence):
-    args = argparse.Namespace(centralized_weighting=["none", "balanced"])
-    assert evidence.candidates(args, "centralized") == {"none": {"class_weighting": "none"},
-                                                       "balanced": {"class_weighting": "balanced"}}
+def test_centralized_chooses_its_class_weighting_and_epoch_rule_on_validation_like_any_setting(evidence):
+    args = argparse.Namespace(centralized_weighting=["none", "balanced"],
+                              centralized_selection=["accuracy", "balanced_accuracy"])
+    by_balanced = {"selection_metric": "balanced_accuracy"}
+    assert evidence.candidates(args, "centralized") == {  # the accuracy-picked ones keep their earlier names
+        "none": {"class_weighting": "none", "selection_metric": "accuracy"},
+        "none-epoch-by-balanced_accuracy": {"class_weighting": "none", **by_balanced},
+        "balanced": {"class_weighting": "balanced", "selection_metric": "accuracy"},
+        "balanced-epoch-by-balanced_accuracy": {"class_weighting": "balanced", **by_balanced}}
+    args = argparse.Namespace(centralized_weighting=["none"], centralized_selection=["accuracy"])
+    assert evidence.candidates(args, "centralized") == {"none": {"class_weighting": "none",
+                                                                 "selection_metric": "accuracy"}}
 
 
 def test_generator_samples_shows_real_and_synthetic_images_class_by_class(tmp_path):

@@ -31,12 +31,15 @@ def accuracy_on(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: 
 
 
 def held_out_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> dict[str, float]:
-    """``accuracy`` (as :func:`accuracy_on`) and ``loss`` (mean cross-entropy, no label smoothing) of ``model``
-    on ``x`` / ``y`` from one pass of logits; NaN for both when there are no images."""
+    """``accuracy`` (as :func:`accuracy_on`), ``balanced_accuracy`` (the mean over the classes present in ``y``
+    of each one's recall) and ``loss`` (mean cross-entropy, no label smoothing) of ``model`` on ``x`` / ``y``
+    from one pass of logits; NaN for all three when there are no images."""
     if len(x) == 0:
-        return {"accuracy": float("nan"), "loss": float("nan")}
+        return {"accuracy": float("nan"), "balanced_accuracy": float("nan"), "loss": float("nan")}
     logits = predict_logits(model, x, batch_size)
-    return {"accuracy": (logits.argmax(1) == y).float().mean().item(),
+    correct = (logits.argmax(1) == y).float()
+    recalls = [correct[y == c].mean() for c in torch.unique(y)]
+    return {"accuracy": correct.mean().item(), "balanced_accuracy": torch.stack(recalls).mean().item(),
             "loss": torch.nn.functional.cross_entropy(logits, y).item()}
 
 

@@ -53,9 +53,10 @@ def augment_batch(x: torch.Tensor, config: ClassifierConfig, generator: torch.Ge
 @dataclass
 class TrainResult:
     """``model``: unwrapped, eval mode, best-validation weights restored. ``history``: one dict per epoch
-    (``epoch`` from 1, ``loss`` = mean training loss, ``val_accuracy`` and ``val_loss`` (cross-entropy) or
-    None, ``lr`` at the epoch's end, ``seconds``, and ``watched``: name -> accuracy and loss of each
-    ``watch`` set, when given). ``best_epoch`` is the epoch whose weights ``model`` holds."""
+    (``epoch`` from 1, ``loss`` = mean training loss, ``val_accuracy``, ``val_balanced_accuracy`` and
+    ``val_loss`` (cross-entropy) or None, ``lr`` at the epoch's end, ``seconds``, and ``watched``: name ->
+    held-out scores of each ``watch`` set, when given). ``best_epoch`` is the epoch whose weights ``model``
+    holds (the best on ``config.selection_metric``); ``best_val_accuracy`` is that epoch's held-out accuracy."""
 
     model: nn.Module
     history: list[dict[str, Any]]
@@ -78,7 +79,8 @@ class TrainResult:
             "history": self.history,
             "best_epoch": self.best_epoch,
             "best_val_accuracy": self.best_val_accuracy,
-            "selection": describe_selection(self.history, self.best_epoch, self.num_val),
+            "selection": describe_selection(self.history, self.best_epoch, self.num_val,
+                                            self.config.selection_metric),
             "wall_time_s": self.wall_time_s,
             "images_per_s": self.images_per_s,
             "precision": self.precision,
@@ -88,28 +90,30 @@ class TrainResult:
         }
 
 
-def describe_selection(history: list[dict[str, Any]], best_epoch: int, num_val: int) -> dict[str, Any]:
-    """What the epoch selection did, in numbers and one plain sentence (``note``, for cards and reports).
+def describe_selection(history: list[dict[str, Any]], best_epoch: int, num_val: int,
+                       metric: str = "accuracy") -> dict[str, Any]:
+    """What the epoch selection on held-out ``metric`` did, in numbers and one plain sentence (``note``, for
+    cards and reports).
 
-    ``reached_at_epoch`` is the first epoch whose held-out accuracy equals the kept one; when it is earlier
-    than the kept last epoch, the held-out accuracy stopped discriminating between epochs (it saturates
+    ``reached_at_epoch`` is the first epoch whose held-out score equals the kept one; when it is earlier
+    than the kept last epoch, the held-out score stopped discriminating between epochs (accuracy saturates
     on synthetic images) and the tie rule, not the held-out data, kept the last epoch."""
-    last = len(history)
-    if num_val == 0 or not history or history[0].get("val_accuracy") is None:
+    last, key, words = len(history), f"val_{metric}", metric.replace("_", " ")
+    if num_val == 0 or not history or history[0].get(key) is None:
         return {"rule": "last epoch", "kept_epoch": last, "held_out_rows": 0,
                 "note": f"No held-out slice: the last epoch's weights ({last}) are kept."}
-    kept = history[best_epoch - 1]["val_accuracy"]
-    reached = next(h["epoch"] for h in history if h["val_accuracy"] == kept)
-    record = {"rule": "best held-out accuracy, ties to the later epoch", "kept_epoch": best_epoch,
-              "held_out_rows": num_val, "held_out_accuracy": kept, "reached_at_epoch": reached}
+    kept = history[best_epoch - 1][key]
+    reached = next(h["epoch"] for h in history if h[key] == kept)
+    record = {"rule": f"best held-out {words}, ties to the later epoch", "metric": metric, "kept_epoch": best_epoch,
+              "held_out_rows": num_val, f"held_out_{metric}": kept, "reached_at_epoch": reached}
     if best_epoch < last:
-        note = f"Epoch {best_epoch} of {last} is kept: its held-out accuracy ({kept:.2%}) is the highest."
+        note = f"Epoch {best_epoch} of {last} is kept: its held-out {words} ({kept:.2%}) is the highest."
     elif reached < last:
-        note = (f"The held-out accuracy reached {kept:.2%} at epoch {reached} and no later epoch did better; ties "
+        note = (f"The held-out {words} reached {kept:.2%} at epoch {reached} and no later epoch did better; ties "
                 f"go to the later epoch, so the last epoch ({last}) is kept: the held-out slice did not choose "
                 "between those epochs.")
     else:
-        note = f"The held-out accuracy was highest ({kept:.2%}) at the last epoch ({last}), which is kept."
+        note = f"The held-out {words} was highest ({kept:.2%}) at the last epoch ({last}), which is kept."
     return {**record, "note": note}
 
 
@@ -124,7 +128,7 @@ def train_classifier(
 ) -> TrainResult:
     """Train ``config.arch`` on ``train_ds`` (``datasets.Dataset`` with ``image`` and a ``ClassLabel`` ``label``).
 
-    Model selection: the epoch with the best accuracy on ``val_ds`` if given, otherwise on a stratified
+    Model selection: the epoch with the best ``config.selection_metric`` on ``val_ds`` if given, otherwise on a stratified
     ``config.val_fraction`` slice held out of ``train_ds`` (never the test set); ties go to the later epoch.
     With neither, the last epoch is kept. ``watch`` (name -> ``datasets.Dataset`` with the same classes) is
     scored after every epoch and recorded in the history, never used to choose: it is how a selection rule
@@ -216,7 +220,7 @@ def train_on_tensors(
             if config.class_weighting == "balanced" else None
 
         history: list[dict[str, Any]] = []
-        best_acc, best_epoch, best_state = -1.0, config.epochs, None
+        best_score, best_acc, best_epoch, best_state = -1.0, None, config.epochs, None
         seen, train_time = 0, 0.0
         bar = tqdm(
             total=total_steps, desc=f"train {config.arch}", unit="step",
@@ -245,16 +249,18 @@ def train_on_tensors(
                     bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", img_s=f"{seen / max(elapsed, 1e-9):.0f}")
             train_time += time.perf_counter() - t_epoch
             mean_loss = accelerator.reduce(loss_sum / max(1, n_batches), reduction="mean").item()
-            scores = held_out_scores(unwrapped, x_val, y_val) if has_val else {"accuracy": None, "loss": None}
+            scores = held_out_scores(unwrapped, x_val, y_val) if has_val else \
+                {"accuracy": None, "balanced_accuracy": None, "loss": None}
             val_acc = scores["accuracy"]
             history.append(
-                {"epoch": epoch, "loss": mean_loss, "val_accuracy": val_acc, "val_loss": scores["loss"],
+                {"epoch": epoch, "loss": mean_loss, "val_accuracy": val_acc,
+                 "val_balanced_accuracy": scores["balanced_accuracy"], "val_loss": scores["loss"],
                  "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t_epoch}
             )
             if watch:
                 history[-1]["watched"] = {name: held_out_scores(unwrapped, *xy) for name, xy in watch.items()}
-            if has_val and val_acc >= best_acc:
-                best_acc, best_epoch = val_acc, epoch
+            if has_val and scores[config.selection_metric] >= best_score:
+                best_score, best_acc, best_epoch = scores[config.selection_metric], val_acc, epoch
                 best_state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
             if has_val:
                 bar.set_postfix(epoch=epoch, loss=f"{mean_loss:.3f}", val_acc=f"{val_acc:.3f}",
