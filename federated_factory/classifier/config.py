@@ -12,6 +12,7 @@ from federated_factory.errors import ClassifierError
 # held-out scores that can pick the kept epoch (keys of federated_factory.classifier.held_out_scores)
 SELECTION_METRICS = ("accuracy", "balanced_accuracy")
 
+
 @dataclass
 class ClassifierConfig:
     """How the aggregator's classifier is trained (also used by the baselines); validated on construction.
