@@ -411,8 +411,9 @@ def import_ff(args) -> None:
     if factories:  # a resumed run's clients_seconds is only its republishing: the factories' own training is here
         timings["factory_train_seconds_max"] = max(c["train_seconds"] for c in factories)
         timings["factory_images_per_second_min"] = min(c["train_images_per_second"] for c in factories)
-    communication = row.get("communication") or row.get("synthesis_stats")
-    record = {"stage": "final", "seed": args.seed, "test": test, "timings": timings, "bytes": communication,
+    # bytes exchanged, never the synthesis counters (a reaggregate.py JSON carries its run's communication)
+    record = {"stage": "final", "seed": args.seed, "test": test, "timings": timings, "bytes": row.get("communication"),
+              "synthesis": row.get("synthesis_stats") or row.get("synthesis"),
               "source": str(args.results), "source_command": data.get("command"),
               "source_machine": data.get("machine"), "selection": selection, "note": args.note,
               # a sweep's chosen setting (say, another images-per-class count) is not the run's: its name is the record

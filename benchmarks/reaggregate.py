@@ -99,6 +99,9 @@ def main() -> int:
         "vs_centralized": None if central is None or args.evaluation_split not in (None, "test")
         else evaluation["accuracy"] / central,
         "synthesis_stats": aggregation.synthesis,
+        # the bytes a federation exchanges do not depend on the synthesis settings: the same pinned factories are
+        # uploaded once and pulled once, so a re-aggregated number costs what the run's server mode exchanged
+        "communication": (results.get("federated_factory") or {}).get("communication"),
         "timings": {**aggregation.timings, "wall_seconds": seconds},
         # the run's settings with the ones changed here, its factories' training cost and the machine this ran on,
         # so that `evidence.py import` of a re-aggregated number records what an import of the run would

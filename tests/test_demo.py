@@ -310,4 +310,7 @@ def test_reaggregate_scores_a_candidate_on_the_split_it_is_told(demo_run, tmp_pa
     assert candidate["config"]["samples_per_class"] == 14 and candidate["config"]["evaluation_split"] == "train"
     assert candidate["config"]["seed"] == results["config"]["seed"]
     assert [c["train_seconds"] for c in candidate["clients"]] == [c["train_seconds"] for c in results["clients"]]
+    # the same pinned factories, uploaded and pulled once: the bytes the run exchanged, not the synthesis counters
+    assert candidate["communication"] == results["federated_factory"]["communication"]
+    assert candidate["communication"]["total_bytes"] > 0
     assert candidate["machine"]["cpu_capability"] and candidate["run_machine"] == results["machine"]
