@@ -13,8 +13,10 @@ made among every candidate scored for the row, by this command or an earlier one
 later wins, each finished seed is measured again with it and its old record moves to `superseded/`.
 
 Methods run here (library functions only):
-* `fedcvae`: FedCVAE-Ens (`federated_factory.fedcvae.run_fedcvae`); the CVAE setting is chosen among
-  `--cvae-grid` on the validation split at seed 0 and reused for every seed.
+* `fedcvae`: FedCVAE-Ens (`federated_factory.fedcvae.run_fedcvae`); the CVAE setting, and the images per
+  class and classifier epochs when a candidate names them (`z32-b1-n1000-e15`), are chosen among `--cvae-grid`
+  on the validation split at seed 0 and reused for every seed. Candidates that differ only in images per class
+  or epochs reuse the clients' decoders kept under `--work`.
 * `fedavg`, `fedprox`, `scaffold`: `federated_factory.baselines.run_fedavg / run_scaffold`, `--fl-rounds` ×
   `--fl-local-epochs` ≥ the classifier's epochs, the learning rate chosen among `--fl-lrs` on validation.
 * `centralized`: `federated_factory.baselines.run_centralized` on the union of the clients' rows.
@@ -169,34 +171,63 @@ class Data:
 def classifier_config(args, data: Data, seed: int, **overrides):
     from federated_factory.classifier import ClassifierConfig
 
-    return ClassifierConfig(epochs=args.classifier_epochs, hflip=data.spec["hflip"], vflip=data.spec["vflip"],
-                            seed=seed, **overrides)
+    return ClassifierConfig(**{"epochs": args.classifier_epochs, "hflip": data.spec["hflip"],
+                               "vflip": data.spec["vflip"], "seed": seed, **overrides})
 
 
 # ------------------------------------------------------------------------------------------------------
 # methods: each returns (record, model-or-None); the record holds validation metrics
 
 
-def fedcvae_once(args, data: Data, overrides: dict, seed: int) -> tuple[dict, object]:
+def fedcvae_once(args, data: Data, setting: dict, seed: int) -> tuple[dict, object]:
+    """One FedCVAE-Ens run. ``setting``: CVAEConfig overrides, and the images per class and classifier epochs
+    when the candidate names them (else ``--samples-per-class`` and ``--classifier-epochs``). With ``--work``
+    the clients' decoders are kept per (CVAE setting, seed) and reused by every candidate that differs only in
+    images per class or epochs: a decoder depends on its client's rows, its setting and the seed."""
     from federated_factory.classifier import evaluate_classifier
-    from federated_factory.fedcvae import CVAEConfig, run_fedcvae
+    from federated_factory.fedcvae import CVAEConfig, load_uploads, run_fedcvae, save_uploads
 
+    overrides = dict(setting)
+    samples_per_class = overrides.pop("samples_per_class", args.samples_per_class)
+    epochs = overrides.pop("classifier_epochs", args.classifier_epochs)
     cvae = CVAEConfig(train_steps=args.cvae_steps, batch_size=args.cvae_batch_size, **overrides)
-    result = run_fedcvae(data.train, data.partition, cvae=cvae, classifier=classifier_config(args, data, seed),
-                         samples_per_class=args.samples_per_class, seed=seed, channels=data.spec["channels"],
-                         progress=True)
-    if getattr(args, "work", None):  # kept (not committed) for benchmarks/generator_samples.py
-        tag = "-".join(f"{k}{v}" for k, v in sorted(overrides.items()))
-        result.synthetic.save_to_disk(str(Path(args.work) / data.name / getattr(data, "partition_name", "partition")
-                                          / "fedcvae" / f"synthetic-{tag}-seed{seed}"))
+    work = Path(args.work) / data.name / getattr(data, "partition_name", "partition") / "fedcvae" \
+        if getattr(args, "work", None) else None
+    tag = "-".join(f"{k}{v}" for k, v in sorted(overrides.items()))
+    kept = work / f"decoders-{tag}-steps{cvae.train_steps}x{cvae.batch_size}-seed{seed}" if work else None
+    uploads = load_uploads(kept) if kept is not None and kept.is_dir() else None
+    result = run_fedcvae(data.train, data.partition, cvae=cvae, classifier=classifier_config(args, data, seed, epochs=epochs),
+                         samples_per_class=samples_per_class, seed=seed, channels=data.spec["channels"],
+                         progress=True, uploads=uploads)
+    if work is not None:  # kept (not committed): the decoders for other candidates, the set for generator_samples.py
+        if uploads is None:
+            save_uploads(result.uploads, kept)
+        result.synthetic.save_to_disk(str(work / f"synthetic-{tag}-n{samples_per_class}-seed{seed}"))
     t0 = time.perf_counter()
     validation = scores(evaluate_classifier(result.trained.model, data.validation, result.trained.label_names))
     timings = {**result.timings, "validation_seconds": time.perf_counter() - t0}
     record = {"cvae": dataclasses.replace(cvae, seed=seed).to_dict(), "validation": validation, "timings": timings,
               "bytes": {"upload": result.upload_bytes, "download": 0},
               "clients": [u.summary() for u in result.uploads], "classifier": result.trained.summary(),
-              "samples_per_class": args.samples_per_class}
+              "samples_per_class": samples_per_class, "classifier_epochs": epochs,
+              "decoders_reused": str(kept) if result.decoders_reused else None}
     return record, (result.trained.model, result.trained.label_names)
+
+
+def cvae_candidate(name: str) -> dict:
+    """``<grid name>[-n<images per class>][-e<classifier epochs>]`` -> its setting, e.g. ``z32-b1-n1000-e15``:
+    FedCVAE-Ens gets the same images-per-class and epoch candidates as FederatedFactory's server mode."""
+    tokens, extra = name.split("-"), {}
+    while tokens and tokens[-1][:1] in ("n", "e") and tokens[-1][1:].isdigit():
+        key = "samples_per_class" if tokens[-1][0] == "n" else "classifier_epochs"
+        if key in extra or int(tokens[-1][1:]) < 1:
+            raise SystemExit(f"--cvae-grid entry {name!r}: give each of -n<images per class> and -e<epochs> once, >= 1")
+        extra[key] = int(tokens.pop()[1:])
+    base = "-".join(tokens)
+    if base not in CVAE_GRID:
+        raise SystemExit(f"unknown --cvae-grid entry {name!r}: use one of {sorted(CVAE_GRID)}, optionally followed "
+                         "by -n<images per class> and -e<classifier epochs>")
+    return {**CVAE_GRID[base], **extra}
 
 
 def fl_once(args, data: Data, method: str, lr: float, seed: int) -> tuple[dict, object]:
@@ -256,10 +287,7 @@ def load_model(work: Path, name: str):
 
 def candidates(args, method: str) -> dict[str, dict]:
     if method == "fedcvae":
-        unknown = [g for g in args.cvae_grid if g not in CVAE_GRID]
-        if unknown:
-            raise SystemExit(f"unknown --cvae-grid entries {unknown}; known: {sorted(CVAE_GRID)}")
-        return {g: CVAE_GRID[g] for g in args.cvae_grid}
+        return {g: cvae_candidate(g) for g in args.cvae_grid}
     if method in ("fedavg", "fedprox", "scaffold"):
         lrs = args.scaffold_lrs if method == "scaffold" else args.fl_lrs
         return {f"lr{lr:g}": {"lr": lr} for lr in lrs}
@@ -588,7 +616,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--metric", default="accuracy", choices=("accuracy", "balanced_accuracy", "auroc", "macro_f1"))
     run.add_argument("--classifier-epochs", type=int, default=30)
     run.add_argument("--samples-per-class", type=int, default=500)
-    run.add_argument("--cvae-grid", nargs="+", default=list(CVAE_GRID))
+    run.add_argument("--cvae-grid", nargs="+", default=list(CVAE_GRID),
+                     help=f"FedCVAE-Ens candidates: {', '.join(CVAE_GRID)}, each optionally followed by "
+                          "-n<images per class> and -e<classifier epochs> (default --samples-per-class, "
+                          "--classifier-epochs), e.g. z32-b1-n1000-e15")
     run.add_argument("--select-only", action="store_true",
                      help="score the candidates given and stop (to spread a grid over processes; no test read)")
     run.add_argument("--cvae-steps", type=int, default=1200, help="CVAE steps per client (× batch = images seen)")

@@ -312,21 +312,72 @@ class FedCVAEResult:
     synthetic: Any
     trained: Any  # federated_factory.classifier.TrainResult
     timings: dict[str, float] = field(default_factory=dict)
+    decoders_reused: bool = False  # the decoders came from an earlier run (``uploads=``), not trained here
 
     @property
     def upload_bytes(self) -> int:
         return sum(u.upload_bytes for u in self.uploads)
 
 
+def save_uploads(uploads: Sequence[ClientDecoder], folder) -> None:
+    """Keep uploaded decoders (``<client>.safetensors`` and ``uploads.json`` with what each client measured)
+    so that another synthesis setting can reuse them: a decoder depends on its client's rows, its CVAE
+    setting and the seed, not on the images per class or the classifier. Written to a temporary folder and
+    renamed, so a folder that exists is complete."""
+    import shutil
+    from pathlib import Path
+
+    from federated_factory.atomic import atomic_write_json
+
+    folder = Path(folder)
+    partial = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for upload in uploads:
+        (partial / f"{upload.client}.safetensors").write_bytes(upload.blob)
+    atomic_write_json(partial / "uploads.json", [upload.summary() for upload in uploads])
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+
+
+def load_uploads(folder) -> list[ClientDecoder]:
+    """The decoders kept by :func:`save_uploads`, in their upload order (each blob is checked on use)."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    try:
+        summaries = json.loads((folder / "uploads.json").read_text())
+        return [ClientDecoder(client=s["client"], blob=(folder / f"{s['client']}.safetensors").read_bytes(),
+                              class_counts=s["class_counts"], seconds=s["seconds"], images_seen=s["images_seen"],
+                              final_loss=s["final_loss"], num_rows=s["num_rows"]) for s in summaries]
+    except (OSError, KeyError, TypeError, ValueError) as err:
+        raise FedCVAEError(f"{folder}: not a folder of kept decoders ({err})") from err
+
+
+def _check_reused(uploads: Sequence[ClientDecoder], partition, cvae: CVAEConfig) -> None:
+    """Decoders given to :func:`run_fedcvae` must be this partition's clients', trained with this setting."""
+    names = [u.client for u in uploads]
+    if names != list(partition.client_names):
+        raise FedCVAEError(f"the decoders given are clients {names}, not the partition's {list(partition.client_names)}")
+    for upload in uploads:
+        _, config, _, _ = load_decoder(upload.blob, client=upload.client)
+        if config.to_dict() != cvae.to_dict():
+            raise FedCVAEError(f"client {upload.client!r}'s decoder was trained with {config.to_dict()}, "
+                               f"not {cvae.to_dict()}")
+
+
 def run_fedcvae(
     train_ds, partition, *, cvae: CVAEConfig | None = None, classifier=None, samples_per_class: int = 500,
     seed: int = 0, channels: int | None = None, progress: bool = False,
+    uploads: Sequence[ClientDecoder] | None = None,
 ) -> FedCVAEResult:
     """Clients train CVAEs on their partition rows, the server samples and trains the classifier.
 
     ``partition``: a :class:`federated_factory.partition.Partition` of ``train_ds``. ``seed`` drives the
     CVAEs (``cvae.seed`` is replaced by ``seed``), the sampling and the classifier (``classifier.seed``
-    likewise), so one seed changes all three, as for FederatedFactory.
+    likewise), so one seed changes all three, as for FederatedFactory. ``uploads``: the clients' decoders
+    from an earlier run with the same CVAE setting and seed (:func:`load_uploads`); they must have been
+    trained with exactly this setting, and the timings then report their original training time.
     """
     from federated_factory.classifier import ClassifierConfig, train_classifier
 
@@ -334,13 +385,18 @@ def run_fedcvae(
     classifier = dataclasses.replace(classifier or ClassifierConfig(), seed=seed)
     label_space = _label_names(train_ds, "train_ds")
     t0 = time.perf_counter()
-    uploads = []
-    for i, name in enumerate(partition.client_names):
-        uploads.append(train_client_cvae(partition.client_dataset(train_ds, i), label_space, cvae, client=name,
-                                         channels=channels))
-        if progress:
-            print(f"fedcvae: {name} trained its CVAE ({i + 1}/{len(partition.client_names)}) in "
-                  f"{uploads[-1].seconds:.0f} s", flush=True)
+    reused = uploads is not None
+    if reused:
+        uploads = list(uploads)
+        _check_reused(uploads, partition, cvae)
+    else:
+        uploads = []
+        for i, name in enumerate(partition.client_names):
+            uploads.append(train_client_cvae(partition.client_dataset(train_ds, i), label_space, cvae, client=name,
+                                             channels=channels))
+            if progress:
+                print(f"fedcvae: {name} trained its CVAE ({i + 1}/{len(partition.client_names)}) in "
+                      f"{uploads[-1].seconds:.0f} s", flush=True)
     t1 = time.perf_counter()
     synthetic = sample_synthetic(uploads, label_space, samples_per_class, seed=seed)
     t2 = time.perf_counter()
@@ -349,6 +405,7 @@ def run_fedcvae(
               flush=True)
     trained = train_classifier(synthetic, classifier, progress=progress)
     t3 = time.perf_counter()
+    clients_seconds = sum(u.seconds for u in uploads) if reused else t1 - t0
     return FedCVAEResult(uploads, synthetic, trained, {
-        "clients_seconds": t1 - t0, "synthesis_seconds": t2 - t1, "classifier_seconds": t3 - t2,
-        "client_seconds_max": max(u.seconds for u in uploads)})
+        "clients_seconds": clients_seconds, "synthesis_seconds": t2 - t1, "classifier_seconds": t3 - t2,
+        "client_seconds_max": max(u.seconds for u in uploads)}, decoders_reused=reused)

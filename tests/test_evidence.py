@@ -354,3 +354,42 @@ def test_a_candidate_scored_later_that_wins_replaces_the_finished_seeds(evidence
     evidence.run_method(args, data, "silos", "fedcvae", [0, 1])
     assert calls == [] and data.test_reads == 4
     assert "(2 seeds)" in evidence.render_table(tmp_path)  # superseded records are not in the table
+
+
+def test_fedcvae_candidates_name_images_per_class_and_epochs(evidence):
+    # FedCVAE-Ens gets the images-per-class and epoch candidates FederatedFactory's server mode was tuned on
+    assert evidence.cvae_candidate("z32-b1") == evidence.CVAE_GRID["z32-b1"]
+    assert evidence.cvae_candidate("z32-w128-b1-n1000-e15") == {**evidence.CVAE_GRID["z32-w128-b1"],
+                                                                "samples_per_class": 1000, "classifier_epochs": 15}
+    assert evidence.cvae_candidate("z16-b0.25-n2000") == {**evidence.CVAE_GRID["z16-b0.25"], "samples_per_class": 2000}
+    for bad, says in [("z64-b1", "unknown --cvae-grid entry 'z64-b1'"), ("z32-b1-n0", "once, >= 1"),
+                      ("z32-b1-n500-n1000", "once, >= 1"), ("z32-b1-x3", "unknown --cvae-grid entry")]:
+        with pytest.raises(SystemExit, match=says):
+            evidence.cvae_candidate(bad)
+
+
+def test_fedcvae_candidates_differing_in_images_per_class_reuse_the_decoders(evidence, tmp_path):
+    from test_fedcvae import digits
+
+    from federated_factory.partition import partition_dataset
+
+    class TinyData:
+        name, partition_name = "digits", "silos"
+        spec = {"channels": 1, "hflip": False, "vflip": False}
+        train = digits(0, 12)
+        validation = digits(40, 3)
+        partition = partition_dataset(train, "silos")
+
+    args = argparse.Namespace(cvae_steps=15, cvae_batch_size=16, samples_per_class=4, classifier_epochs=1,
+                              work=str(tmp_path / "work"))
+    first, _ = evidence.fedcvae_once(args, TinyData, evidence.cvae_candidate("z16-b1"), seed=0)
+    second, _ = evidence.fedcvae_once(args, TinyData, evidence.cvae_candidate("z16-b1-n6-e2"), seed=0)
+    assert first["decoders_reused"] is None and second["decoders_reused"]  # trained once, reused once
+    assert (first["samples_per_class"], first["classifier_epochs"]) == (4, 1)
+    assert (second["samples_per_class"], second["classifier_epochs"]) == (6, 2)
+    trained = second["classifier"]
+    assert trained["num_train"] + trained["num_val"] == 6 * 4 and trained["config"]["epochs"] == 2
+    assert second["clients"] == first["clients"]
+    assert second["bytes"] == first["bytes"]  # the same uploads
+    other_seed, _ = evidence.fedcvae_once(args, TinyData, evidence.cvae_candidate("z16-b1-n6"), seed=1)
+    assert other_seed["decoders_reused"] is None  # another seed trains its own decoders

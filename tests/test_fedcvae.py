@@ -17,8 +17,10 @@ from federated_factory.fedcvae import (
     CVAEConfig,
     FedCVAEError,
     load_decoder,
+    load_uploads,
     run_fedcvae,
     sample_synthetic,
+    save_uploads,
     serialize_decoder,
     train_client_cvae,
 )
@@ -177,3 +179,38 @@ def test_bad_input_raises_errors_that_name_the_culprit(train, uploads):
         sample_synthetic(only_zero, NAMES, samples_per_class=2)
     with pytest.raises(FedCVAEError, match="label space"):
         sample_synthetic(uploads, NAMES[::-1], samples_per_class=2)
+
+
+def test_kept_decoders_give_the_same_run_without_training_again(train, shared_partition, monkeypatch, tmp_path):
+    """Another images-per-class setting reuses the decoders of the same CVAE setting and seed (as a factory is
+    reused): the result is the one a fresh run gives, and no client trains."""
+    def run(**kw):
+        return run_fedcvae(train, shared_partition, cvae=SMALL, classifier=ClassifierConfig(epochs=1, batch_size=16),
+                           samples_per_class=6, seed=2, **kw)
+
+    fresh = run()
+    save_uploads(fresh.uploads, tmp_path / "decoders")
+    assert not list(tmp_path.glob(".*partial"))  # written whole, then renamed
+    kept = load_uploads(tmp_path / "decoders")
+    assert [u.summary() for u in kept] == [u.summary() for u in fresh.uploads]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a client trained although its decoder was given")
+
+    monkeypatch.setattr(fedcvae, "train_client_cvae", no_training)
+    again = run(uploads=kept)
+    assert again.decoders_reused and not fresh.decoders_reused
+    assert pixels(again.synthetic) == pixels(fresh.synthetic)
+    state, fresh_state = again.trained.model.state_dict(), fresh.trained.model.state_dict()
+    assert all(torch.equal(state[k], fresh_state[k]) for k in state)
+    # the timings report the decoders' own training, not the zero seconds spent loading them
+    assert again.timings["clients_seconds"] == pytest.approx(sum(u.seconds for u in fresh.uploads))
+
+    with pytest.raises(FedCVAEError, match="trained with"):  # another seed is another decoder
+        run_fedcvae(train, shared_partition, cvae=SMALL, samples_per_class=6, seed=3, uploads=kept,
+                    classifier=ClassifierConfig(epochs=1, batch_size=16))
+    with pytest.raises(FedCVAEError, match="not the partition's"):
+        run(uploads=kept[::-1])
+    (tmp_path / "decoders" / "uploads.json").unlink()
+    with pytest.raises(FedCVAEError, match="not a folder of kept decoders"):
+        load_uploads(tmp_path / "decoders")
