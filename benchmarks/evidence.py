@@ -468,11 +468,23 @@ def fmt(values: list[float]) -> str:
 
 
 def finished_rows(out: Path) -> dict[tuple[str, str], dict[str, list[dict]]]:
-    """(dataset, partition) -> method -> the final records of its seeds."""
+    """(dataset, partition) -> method -> the final records of its seeds.
+
+    Centralized trains on the union of the clients' rows, and every partition scheme hands out every training
+    row, so its number does not depend on the partition: a row without its own centralized records shows the
+    dataset's (silos first), each copy marked with ``shared_from`` (the partition it was measured on)."""
     rows: dict[tuple[str, str], dict[str, list[dict]]] = {}
     for path in sorted(out.glob("*/*/*/seed*.json")):
         dataset, partition, method = path.parts[-4:-1]
         rows.setdefault((dataset, partition), {}).setdefault(method, []).append(json.loads(path.read_text()))
+    for (dataset, partition), methods in rows.items():
+        if "centralized" in methods:
+            continue
+        measured = sorted((p != "silos", p) for (d, p), m in rows.items() if d == dataset and "centralized" in m
+                          and not any(r.get("shared_from") for r in m["centralized"]))
+        if measured:
+            source = measured[0][1]
+            methods["centralized"] = [{**r, "shared_from": source} for r in rows[(dataset, source)]["centralized"]]
     return rows
 
 
@@ -573,7 +585,10 @@ def render_table(out: Path) -> str:
         cells = []
         for method in COLUMNS:
             records = methods.get(method, [])
-            cells.append(" / ".join(fmt([r["test"].get(m) for r in records]) for m in metrics) if records else "")
+            shared = f" [the {records[0]['shared_from']} row's: the same pooled rows]" \
+                if records and records[0].get("shared_from") else ""
+            cells.append(" / ".join(fmt([r["test"].get(m) for r in records]) for m in metrics) + shared
+                         if records else "")
         lines.append(f"| {dataset} | {partition} | " + " | ".join(cells) + f" | {PAPER.get((dataset, partition), '')} |")
     lines += ["", "## FederatedFactory against the FedAvg family and centralized", "",
               "Means over the seeds run, on each row's headline metric (its first: balanced accuracy for derma-28, "
@@ -585,6 +600,8 @@ def render_table(out: Path) -> str:
     for (dataset, partition), methods in sorted(rows.items()):
         for method, records in sorted(methods.items()):
             for r in sorted(records, key=lambda r: r["seed"]):
+                if r.get("shared_from"):  # listed under the row it was measured on
+                    continue
                 timing = ", ".join(f"{k} {v:.0f}{'' if k.endswith('per_second_min') else ' s'}"
                                    for k, v in (r.get("timings") or {}).items() if isinstance(v, (int, float)))
                 lines.append(f"- {dataset} / {partition} / {method} / seed {r['seed']}: test "

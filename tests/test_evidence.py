@@ -393,3 +393,24 @@ def test_fedcvae_candidates_differing_in_images_per_class_reuse_the_decoders(evi
     assert second["bytes"] == first["bytes"]  # the same uploads
     other_seed, _ = evidence.fedcvae_once(args, TinyData, evidence.cvae_candidate("z16-b1-n6"), seed=1)
     assert other_seed["decoders_reused"] is None  # another seed trains its own decoders
+
+
+def test_a_row_without_centralized_shows_the_dataset_s_measured_one_marked_and_listed_once(evidence, tmp_path):
+    machine = {"platform": "test", "cpu_count": 2}
+
+    def save(partition, method, seed, accuracy):
+        path = tmp_path / "blood-cells-32" / partition / method / f"seed{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"seed": seed, "test": {"accuracy": accuracy}, "machine": machine}))
+
+    save("silos", "centralized", 0, 0.98)
+    save("silos", "centralized", 1, 0.99)
+    save("dirichlet-0.5", "ff-server", 0, 0.89)
+    save("dirichlet-0.5", "fedavg", 0, 0.97)
+    table = evidence.render_table(tmp_path)
+    dirichlet = next(line for line in table.splitlines() if line.startswith("| blood-cells-32 | dirichlet-0.5 |"))
+    assert dirichlet.rstrip(" |").endswith("98.50 ± 0.71 (2 seeds) [the silos row's: the same pooled rows]")
+    assert "blood-cells-32 / dirichlet-0.5: **FedAvg beats FederatedFactory** by 8.00 points" in table
+    assert "server mode 0.904 × centralized" in table
+    details = [line for line in table.splitlines() if "/ centralized / seed" in line]
+    assert len(details) == 2 and all(line.startswith("- blood-cells-32 / silos /") for line in details)
