@@ -84,6 +84,9 @@ def add_train_expert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--factory", default=None, help="this hospital's own factory repo in the manifest (recorded)")
     parser.add_argument("--max-real-per-class", type=int, default=None,
                         help="own real images per class (default: the manifest's samples_per_class; 0 = all)")
+    parser.add_argument("--top-up", action="store_true",
+                        help="a class this hospital holds fewer real images of than samples_per_class also gets "
+                             "synthetic rows, up to samples_per_class (default: own classes get none)")
     parser.add_argument("--output-dir", default=None, help="default: <manifest output_dir>-expert")
     parser.add_argument("--cache-dir", default=None, help="synthetic chunk cache, shared with the aggregator "
                                                           "(default: $FEDERATED_FACTORY_CACHE or ~/.cache/federated_factory)")

@@ -103,6 +103,9 @@ class DemoConfig:
     expert_epochs: int | None = field(default=8, metadata={
         "help": "epochs of each hospital's expert in network mode, at most classifier_epochs (default 8, "
                 "to keep the default demo within 15 minutes on 2 cores; 0: classifier_epochs)"})
+    expert_top_up: bool = field(default=False, metadata={
+        "help": "network mode: a class a hospital holds fewer images of than samples_per_class is topped up with "
+                "synthetic rows (for partitions where hospitals share classes; default: own classes get none)"})
     unlearn: str | None = field(default="last", metadata={"help": "hospital index or 'last' to unlearn; 'none' to skip"})
     verify_unlearning: bool = field(default=True, metadata={"help": "rebuild the reduced manifest from scratch"})
     audit_samples_per_class: int = field(default=32, metadata={"help": "privacy-audit samples per class"})
@@ -496,7 +499,7 @@ def train_network_experts(config: DemoConfig, out: Path, fed: Federation, data: 
     network_manifest = Manifest(**{**manifest.__dict__, "classifier": {**manifest.classifier, "epochs": epochs},
                                    "output_dir": str(out / "network")})
     hospitals = [Hospital(name=client.name, data=dataset, factory=client.repo, expert_repo=f"{client.name}/expert",
-                          token=client.token)
+                          token=client.token, top_up=config.expert_top_up)
                  for client, dataset in zip(fed.clients, data.client_sets)]
     t0 = time.perf_counter()
     network = train_network(network_manifest, hospitals, federation_repo=f"{fed.aggregator_user}/federation-model",
@@ -515,6 +518,7 @@ def train_network_experts(config: DemoConfig, out: Path, fed: Federation, data: 
         "federation_model": summary["federation_model"],
         "manifest_hash": summary["manifest_hash"],
         "expert_epochs": epochs,
+        "expert_top_up": config.expert_top_up,
         "chunks_generated": sum(r["chunks_generated"] for r in summary["experts"]),
         "communication": {
             # each hospital uploads its factory and its expert, and downloads every other hospital's factory;

@@ -108,7 +108,8 @@ def test_network_sub_commands_parse_their_options():
     assert args.func is run_train_expert
     assert (args.manifest, args.data, args.partition, args.client, args.repo) == (
         "m.yaml", "mnist-5k", "silos", 2, "hospital-c/expert")
-    assert args.max_real_per_class == 0 and args.no_publish is False
+    assert args.max_real_per_class == 0 and args.no_publish is False and args.top_up is False
+    assert parser.parse_args(["train-expert", "--manifest", "m.yaml", "--data", "d", "--top-up"]).top_up is True
     args = parser.parse_args(["combine", "--manifest", "m.yaml", "--experts", "a/expert@1", "b/expert@2",
                               "--repo", "net/federation-model", "--floor", "1e-4"])
     assert args.func is run_combine

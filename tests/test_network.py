@@ -148,6 +148,37 @@ def test_expert_trains_on_its_own_rows_and_synthetic_rows_of_other_factories_onl
 
 
 @pytest.mark.slow
+def test_top_up_fills_a_thinly_held_class_with_the_first_rows_of_its_server_shards(network, server_cache, tmp_path):
+    """B holds 20 images of "1" (< N = 24): with ``top_up`` it also gets 4 synthetic "1"s, the first rows of the
+    two "1" shards (A's and B's factories, split by their declared counts 50:20), read from the aggregator's
+    chunks; its lacking classes get their whole shards as before, and "2" (40 ≥ 24 images) gets none."""
+    from federated_factory.network import OWN_DATA_SOURCE, train_expert
+    from federated_factory.network.expert import read_provenance
+    from federated_factory.synthesis import split_by_counts
+
+    plan, _ = server_cache
+    hospital = network["hospitals"]["B"]
+    result = train_expert(network["manifest"], hospital.data, cache_dir=network["cache"], token=hospital.token,
+                          output_dir=tmp_path / "expert", publish=False, progress=False, top_up=True)
+    provenance = read_provenance(result.output_dir)
+    sources, labels = np.asarray(provenance["source_repo"]), np.asarray(provenance["label"])
+    synthetic = sources != OWN_DATA_SOURCE
+    assert (labels[~synthetic] == 1).sum() == 20 and (labels[synthetic] == 1).sum() == 4
+    assert (labels == 1).sum() == 24 and (labels[synthetic] == 2).sum() == 0
+    ones = [s for s in plan.shards if s.class_name == "1"]
+    expected = sorted((s.repo, s.stream_seed, i) for s, n in zip(ones, split_by_counts(4, [s.count for s in ones]))
+                      for i in range(n))
+    got = sorted((r, int(k), int(i)) for r, k, i, y in zip(sources, provenance["seed"], provenance["index"], labels)
+                 if r != OWN_DATA_SOURCE and y == 1)
+    assert got == expected and len({r for r, _, _ in got}) == 2
+    for c in ("0", "3"):  # lacking: the whole server shards, as without the top-up
+        assert (labels[synthetic] == int(c)).sum() == sum(s.count for s in plan.shards if s.class_name == c)
+    assert result.synthetic_classes == ["0", "1", "3"] and result.top_up
+    assert json.loads((result.expert_dir / "expert.json").read_text())["top_up"] is True
+    assert result.synthesis["chunks_generated"] == 0, "the top-up reads the aggregator's cached chunks"
+
+
+@pytest.mark.slow
 def test_expert_is_published_with_its_provenance_and_validation_metrics(network, experts):
     from huggingface_hub import HfApi, ModelCard, hf_hub_download
 

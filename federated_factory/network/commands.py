@@ -71,7 +71,7 @@ def run_train_expert(args, accelerator=None) -> int:
     result = train_expert(manifest, data, repo=args.repo, factory=args.factory,
                           max_real_per_class=args.max_real_per_class, cache_dir=args.cache_dir, token=args.token,
                           output_dir=args.output_dir, accelerator=accelerator, publish=not args.no_publish,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, top_up=args.top_up)
     if accelerator is None or accelerator.is_main_process:
         validation = result.validation.get("all")
         print(f"own classes: {', '.join(result.own_classes)}; synthetic: {', '.join(result.synthetic_classes) or 'none'}")
@@ -115,7 +115,7 @@ def load_hospitals(path: str | Path, *, default_token: str | None = None):
     if not isinstance(entries, list) or not entries:
         raise FederatedFactoryError(f"{path}: expected a mapping with a non-empty 'hospitals' list")
     known = {"name", "data", "split", "image_size", "channels", "partition", "client", "num_clients",
-             "partition_seed", "factory", "expert_repo", "token_env"}
+             "partition_seed", "factory", "expert_repo", "token_env", "top_up"}
     hospitals = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or "name" not in entry or "data" not in entry:
@@ -133,7 +133,8 @@ def load_hospitals(path: str | Path, *, default_token: str | None = None):
                                   num_clients=entry.get("num_clients"), partition_seed=int(entry.get("partition_seed", 0)),
                                   token=token or default_token)
         hospitals.append(Hospital(name=str(entry["name"]), data=data, factory=entry.get("factory"),
-                                  expert_repo=entry.get("expert_repo"), token=token or default_token))
+                                  expert_repo=entry.get("expert_repo"), token=token or default_token,
+                                  top_up=bool(entry.get("top_up", False))))
     return hospitals
 
 

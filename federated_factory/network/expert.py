@@ -8,7 +8,11 @@ Balance per class (the server plan's ``samples_per_class`` = N):
 
 * a class the hospital lacks gets exactly N synthetic rows (the server plan's shards for that class);
 * a class the hospital holds gets its own real images, at most N of them: a seeded subset (``config.seed``)
-  when it has more; all of them, never duplicated, when it has fewer. Its own classes get no synthetic rows.
+  when it has more; all of them, never duplicated, when it has fewer. Its own classes get no synthetic rows,
+  unless the hospital asks for the top-up (``top_up``): then a class it holds r < N images of also gets
+  N - r synthetic rows, the first rows of each of the class's server shards, cut in proportion to the shards'
+  counts, so every class has N rows and the chunks are still the aggregator's. Where every hospital holds
+  every class (a Dirichlet partition), the top-up is what gives the network mode any synthetic rows at all.
 
 Model selection uses a stratified validation split (``classifier.val_fraction``, seeded) of this combined
 set (real and synthetic rows); no test set is read. Every row carries provenance: synthetic rows the
@@ -27,7 +31,7 @@ import hashlib
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +72,7 @@ class Hospital:
     factory: str | None = None
     expert_repo: str | None = None
     token: str | None = None
+    top_up: bool = False  # a class held with fewer than N images is topped up to N with synthetic rows
 
     def __repr__(self) -> str:  # keeps the token and the data out of logs
         return f"Hospital(name={self.name!r}, factory={self.factory!r}, expert_repo={self.expert_repo!r})"
@@ -88,6 +93,7 @@ class ExpertResult:
     weights_sha256: str = ""
     published: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    top_up: bool = False  # own classes with fewer than N real rows were topped up with synthetic rows
 
     @property
     def ref(self) -> str | None:
@@ -103,6 +109,7 @@ class ExpertResult:
             "manifest_hash": manifest_identity(self.manifest),
             "own_classes": self.own_classes,
             "synthetic_classes": self.synthetic_classes,
+            "top_up": self.top_up,
             "plan": self.plan,
             "synthesis": self.synthesis,
             "training": self.training,
@@ -127,6 +134,12 @@ def expert_label(repo: str | None, factory: str | None) -> str:
 def own_classes_of(data, manifest: Manifest, who: str) -> list[str]:
     """Class names present in ``data`` (in label-space order). Raises `ExpertError` naming ``who`` when a
     class is outside the manifest's label space or the data has no images."""
+    return list(own_class_counts(data, manifest, who))
+
+
+def own_class_counts(data, manifest: Manifest, who: str) -> dict[str, int]:
+    """{class name: images of it in ``data``} for the classes present, in label-space order; the errors of
+    `own_classes_of`."""
     from ..classifier import label_names_of
 
     try:
@@ -135,19 +148,23 @@ def own_classes_of(data, manifest: Manifest, who: str) -> list[str]:
         raise ExpertError(f"{who}: its data is not an image-classification dataset ({err})") from None
     if len(data) == 0:
         raise ExpertError(f"{who}: its data has no images")
-    present = {names[i] for i in np.unique(np.asarray(data["label"]))}
-    outside = sorted(present - set(manifest.label_space))
+    labels, counts = np.unique(np.asarray(data["label"]), return_counts=True)
+    present = {names[i]: int(n) for i, n in zip(labels, counts)}
+    outside = sorted(set(present) - set(manifest.label_space))
     if outside:
         raise ExpertError(f"{who}: its data holds class(es) {outside} outside the manifest's label space "
                           f"{manifest.label_space}")
-    return [name for name in manifest.label_space if name in present]
+    return {name: present[name] for name in manifest.label_space if name in present}
 
 
-def expert_plan(manifest: Manifest, factories, own_classes: list[str], who: str):
+def expert_plan(manifest: Manifest, factories, own_classes: list[str], who: str, *,
+                top_up: dict[str, int] | None = None):
     """The server plan (`plan_synthesis`) restricted to the classes the hospital lacks.
 
+    ``top_up``: {own class: real rows the expert uses of it}; a class with r < N of them also gets N - r rows,
+    the first rows of each of its server shards, split in proportion to the shards' counts (`split_by_counts`).
     Raises `ExpertError` naming ``who`` and the classes when a class it must synthesize has no factory."""
-    from ..synthesis import SynthesisPlan, plan_synthesis
+    from ..synthesis import SynthesisPlan, plan_synthesis, split_by_counts
 
     full = plan_synthesis(manifest.label_space, factories, manifest.synthesis)
     lacking = [name for name in manifest.label_space if name not in own_classes]
@@ -156,8 +173,22 @@ def expert_plan(manifest: Manifest, factories, own_classes: list[str], who: str)
         listed = ", ".join(f"{f.repo}@{f.revision}" for f in factories)
         raise ExpertError(f"{who}: class(es) {unheld} are not in its own data and no factory of the manifest holds "
                           f"them (factories: {listed}); add a factory for them or drop them from the label space")
-    shards = [s for s in full.shards if s.class_name in lacking]
+    counts = {name: 0 for name in lacking}  # a lacking class takes its whole shards (N rows)
+    for name, real in (top_up or {}).items():
+        counts[name] = min(real, full.samples_per_class)
+    shards = []
+    for name in manifest.label_space:
+        own_shards = [s for s in full.shards if s.class_name == name]
+        if name not in counts or not own_shards:
+            continue
+        cut = split_by_counts(full.samples_per_class - counts[name], [s.count for s in own_shards])
+        shards += [replace(s, count=n) for s, n in zip(own_shards, cut) if n > 0]
     return SynthesisPlan(list(manifest.label_space), full.samples_per_class, shards, [])
+
+
+def real_rows_per_class(counts: dict[str, int], cap: int) -> dict[str, int]:
+    """The real rows an expert uses of each class it holds: all of them, or ``cap`` when it has more (0: no cap)."""
+    return {name: min(n, cap) if cap else n for name, n in counts.items()}
 
 
 def _check_format(data, factories, who: str) -> None:
@@ -284,6 +315,7 @@ def train_expert(
     publish: bool = True,
     private: bool = True,
     progress: bool = True,
+    top_up: bool = False,
 ) -> ExpertResult:
     """Train this hospital's expert: own real ``data`` + synthetic images of the classes it lacks; publish it.
 
@@ -293,7 +325,9 @@ def train_expert(
     ClassifierConfig fields (default: the manifest's). ``cache_dir``: the chunk cache shared with the
     aggregator (``<cache_dir>/chunks``). Pull checks are the aggregator's (`pull_factories`); a class that
     must be synthesized but that no factory holds, or data outside the label space, raises `ExpertError`
-    naming ``repo`` before any compute. Call on every process (accelerate); the main process writes.
+    naming ``repo`` before any compute. ``top_up``: a class it holds fewer real images of than the plan's
+    samples per class is topped up with synthetic rows (see the module's docstring). Call on every process
+    (accelerate); the main process writes.
     """
     from accelerate import Accelerator
 
@@ -308,7 +342,8 @@ def train_expert(
     if factory is not None and factory.partition("@")[0] not in {f.repo for f in manifest.factories}:
         listed = ", ".join(str(f) for f in manifest.factories)
         raise ExpertError(f"{who}: its factory {factory} is not in the manifest (it lists: {listed})")
-    own_classes = own_classes_of(data, manifest, who)
+    own_counts = own_class_counts(data, manifest, who)
+    own_classes = list(own_counts)
     config = ClassifierConfig.from_dict(dict(manifest.classifier if classifier is None else classifier))
 
     accelerator = accelerator or Accelerator(cpu=not _cuda())
@@ -316,7 +351,9 @@ def train_expert(
         resolved_entries, factories = pull_factories(manifest, token=token)
     resolved = Manifest(**{**manifest.__dict__, "factories": resolved_entries})
     _check_format(data, factories, who)
-    plan = expert_plan(resolved, factories, own_classes, who)
+    cap = resolved.synthesis.samples_per_class if max_real_per_class is None else max_real_per_class
+    plan = expert_plan(resolved, factories, own_classes, who,
+                       top_up=real_rows_per_class(own_counts, cap) if top_up else None)
     timings["pull_seconds"] = time.perf_counter() - t_start
 
     output_dir = Path(output_dir or (str(manifest.output_dir).rstrip("/") + "-expert"))
@@ -353,6 +390,7 @@ def train_expert(
         validation={},
         provenance=_provenance_counts(dataset),
         timings=timings,
+        top_up=top_up,
     )
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(result.model)
@@ -419,6 +457,7 @@ def expert_config(expert: ExpertResult, config, *, factory: str | None, repo: st
         "own_factory": factory,
         "own_classes": expert.own_classes,
         "synthetic_classes": expert.synthetic_classes,
+        "top_up": expert.top_up,
         "own_data_fingerprint": own_fingerprint,
         "rows_per_source": expert.provenance,
         "synthesis": asdict(expert.manifest.synthesis),

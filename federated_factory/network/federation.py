@@ -14,7 +14,8 @@ from pathlib import Path
 from ..atomic import atomic_write_json
 from ..hub.manifest import Manifest
 from ..runtime import cpu_threads, map_in_processes
-from .expert import ExpertResult, Hospital, expert_label, expert_plan, own_classes_of, train_expert
+from .expert import (ExpertResult, Hospital, expert_label, expert_plan, own_class_counts, real_rows_per_class,
+                     train_expert)
 from .product import DEFAULT_FLOOR, CombineResult, combine
 
 
@@ -107,7 +108,9 @@ def fill_cache(manifest: Manifest, hospitals: Sequence[Hospital], *, cache_dir: 
     plans = []
     for hospital in hospitals:
         who = expert_label(hospital.expert_repo, hospital.factory)
-        plans.append(expert_plan(resolved, factories, own_classes_of(hospital.data, manifest, who), who))
+        counts = own_class_counts(hospital.data, manifest, who)
+        top_up = real_rows_per_class(counts, resolved.synthesis.samples_per_class) if hospital.top_up else None
+        plans.append(expert_plan(resolved, factories, list(counts), who, top_up=top_up))
     cache = ChunkCache(Path(cache_dir or default_cache_dir()) / "chunks", resolved.synthesis)
     return sum(synthesize(plan, factories, cache, accelerator=accelerator, progress=progress).chunks_generated
                for plan in plans)
@@ -117,7 +120,7 @@ def _expert_kwargs(job: dict) -> dict:
     hospital = job["hospital"]
     return dict(manifest=job["manifest"], data=hospital.data, repo=hospital.expert_repo, factory=hospital.factory,
                 cache_dir=job["cache_dir"], token=job["token"], output_dir=job["output_dir"],
-                publish=job["publish"], progress=job["progress"])
+                publish=job["publish"], progress=job["progress"], top_up=hospital.top_up)
 
 
 def _expert_job(job: dict) -> ExpertResult:

@@ -91,7 +91,7 @@ def unlearn_network(
         result = train_expert(reduced, data, repo=hospital.expert_repo, factory=hospital.factory,
                               cache_dir=cache_dir, token=hospital.token or token,
                               output_dir=output_dir / "experts" / hospital.name, accelerator=accelerator,
-                              publish=publish, progress=progress)
+                              publish=publish, progress=progress, top_up=hospital.top_up)
         provenance = read_provenance(result.output_dir)
         from_removed = sum(1 for repo in provenance["source_repo"] if repo == removed.repo)
         if from_removed:
@@ -158,7 +158,7 @@ def _verify_from_scratch(certificate, reduced, hospitals, output_dir: Path, toke
         fresh = train_expert(reduced, _restrict(hospital.data, reduced.label_space), repo=hospital.expert_repo,
                              factory=hospital.factory, cache_dir=scratch / "cache", token=hospital.token or token,
                              output_dir=scratch / hospital.name, accelerator=accelerator, publish=False,
-                             progress=progress)
+                             progress=progress, top_up=hospital.top_up)
         identical = fresh.weights_sha256 == rebuilt["weights_sha256"]
         rebuilt["from_scratch_identical"] = identical
         checks.append(identical)
