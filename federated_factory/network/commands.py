@@ -15,6 +15,7 @@ YAML file lists them (tokens are read from environment variables, never from the
         factory: hospital-a/factory
         expert_repo: hospital-a/expert
         token_env: HOSPITAL_A_TOKEN
+        top_up: false             # optional: rebuild with the top-up its expert was trained with (train-expert --top-up)
 """
 
 from __future__ import annotations
