@@ -879,9 +879,10 @@ def print_summary(results: DemoResults) -> None:
         versus = f"{r['accuracy'] / central:10.1%}" if central else f"{'—':>10s}"
         print(f"{labels[key]:36s} {r['accuracy']:9.4f} {r['macro_f1']:9.4f} {r['auroc']:7.4f} {versus}")
     if results.network:
+        split = results.config.get("evaluation_split", "test")  # the keys say test; the split is the run's
         for row in results.network["experts"]:
             print(f"  expert {row['hospital']} (own: {', '.join(row['own_classes'])}): own-validation accuracy "
-                  f"{_fmt(row['own_validation_accuracy'])}, test accuracy {_fmt(row['test_accuracy'])}")
+                  f"{_fmt(row['own_validation_accuracy'])}, {split} accuracy {_fmt(row['test_accuracy'])}")
     if results.unlearning:
         u = results.unlearning
         print(f"\nunlearned {u['removed']['repo']}: {u['examples_from_removed']} examples left from it, "

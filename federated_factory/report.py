@@ -127,7 +127,7 @@ def render_report(results_dir: str | Path) -> Path:
         "",
     ]
     if results.network:
-        lines += _expert_table(results.network)
+        lines += _expert_table(results.network, split)
     lines += [
         "## Partition",
         "",
@@ -197,15 +197,16 @@ def render_report(results_dir: str | Path) -> Path:
     return path
 
 
-def _expert_table(network: dict) -> list[str]:
-    """Network mode: each hospital's expert (own classes, own-validation and test accuracy) next to the product."""
+def _expert_table(network: dict, split: str = "test") -> list[str]:
+    """Network mode: each hospital's expert (own classes, own-validation accuracy and accuracy on the real
+    evaluation ``split``) next to the product."""
     lines = [
         "## Network mode: experts and their product",
         "",
         f"Federation model: `{network['federation_model']}`. Own-validation accuracy is each expert's model-selection "
-        "split of its own real and synthetic rows; test accuracy is on the real test set, like the product's.",
+        f"split of its own real and synthetic rows; {split} accuracy is on the real {split} set, like the product's.",
         "",
-        "| expert | own classes | own-validation accuracy | test accuracy | test macro-F1 |",
+        f"| expert | own classes | own-validation accuracy | {split} accuracy | {split} macro-F1 |",
         "|---|---|---|---|---|",
     ]
     for row in network["experts"]:

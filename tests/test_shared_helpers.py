@@ -66,3 +66,15 @@ def test_context_managers_restore_global_state():
     with library_progress_bars(False):
         assert not datasets.is_progress_bar_enabled() and hub_utils.are_progress_bars_disabled()
     assert datasets.is_progress_bar_enabled() and hub_utils.are_progress_bars_disabled() is hub_before
+
+
+def test_the_network_expert_table_names_the_split_it_was_evaluated_on():
+    """A run scored on validation (`--evaluation-split validation`) must not call its expert numbers test numbers."""
+    from federated_factory.report import _expert_table
+
+    network = {"federation_model": "agg/federation-model@1", "accuracy": 0.9, "macro_f1": 0.8,
+               "experts": [{"hospital": "hospital-00", "own_classes": ["a"], "own_validation_accuracy": 0.95,
+                            "test_accuracy": 0.7, "test_macro_f1": 0.6}]}
+    text = "\n".join(_expert_table(network, "validation"))
+    assert "| validation accuracy | validation macro-F1 |" in text and "test" not in text
+    assert "| test accuracy |" in "\n".join(_expert_table(network))
