@@ -131,15 +131,9 @@ def expert_label(repo: str | None, factory: str | None) -> str:
     return f"expert {repo or '(unpublished)'}" + (f" (factory {factory})" if factory else "")
 
 
-def own_classes_of(data, manifest: Manifest, who: str) -> list[str]:
-    """Class names present in ``data`` (in label-space order). Raises `ExpertError` naming ``who`` when a
-    class is outside the manifest's label space or the data has no images."""
-    return list(own_class_counts(data, manifest, who))
-
-
 def own_class_counts(data, manifest: Manifest, who: str) -> dict[str, int]:
-    """{class name: images of it in ``data``} for the classes present, in label-space order; the errors of
-    `own_classes_of`."""
+    """{class name: images of it in ``data``} for the classes present, in label-space order. Raises `ExpertError`
+    naming ``who`` when a class is outside the manifest's label space or the data has no images."""
     from ..classifier import label_names_of
 
     try:
@@ -189,6 +183,17 @@ def expert_plan(manifest: Manifest, factories, own_classes: list[str], who: str,
 def real_rows_per_class(counts: dict[str, int], cap: int) -> dict[str, int]:
     """The real rows an expert uses of each class it holds: all of them, or ``cap`` when it has more (0: no cap)."""
     return {name: min(n, cap) if cap else n for name, n in counts.items()}
+
+
+def hospital_plan(resolved: Manifest, factories, data, who: str, *, top_up: bool = False,
+                  max_real_per_class: int | None = None):
+    """(own classes, the expert's `expert_plan`) for a hospital's ``data``: the one place that decides which
+    chunks an expert reads, shared by `train_expert` and the network's cache filling."""
+    counts = own_class_counts(data, resolved, who)
+    cap = resolved.synthesis.samples_per_class if max_real_per_class is None else max_real_per_class
+    plan = expert_plan(resolved, factories, list(counts), who,
+                       top_up=real_rows_per_class(counts, cap) if top_up else None)
+    return list(counts), plan
 
 
 def _check_format(data, factories, who: str) -> None:
@@ -342,8 +347,7 @@ def train_expert(
     if factory is not None and factory.partition("@")[0] not in {f.repo for f in manifest.factories}:
         listed = ", ".join(str(f) for f in manifest.factories)
         raise ExpertError(f"{who}: its factory {factory} is not in the manifest (it lists: {listed})")
-    own_counts = own_class_counts(data, manifest, who)
-    own_classes = list(own_counts)
+    own_class_counts(data, manifest, who)  # bad data is refused before any pull
     config = ClassifierConfig.from_dict(dict(manifest.classifier if classifier is None else classifier))
 
     accelerator = accelerator or Accelerator(cpu=not _cuda())
@@ -351,9 +355,8 @@ def train_expert(
         resolved_entries, factories = pull_factories(manifest, token=token)
     resolved = Manifest(**{**manifest.__dict__, "factories": resolved_entries})
     _check_format(data, factories, who)
-    cap = resolved.synthesis.samples_per_class if max_real_per_class is None else max_real_per_class
-    plan = expert_plan(resolved, factories, own_classes, who,
-                       top_up=real_rows_per_class(own_counts, cap) if top_up else None)
+    own_classes, plan = hospital_plan(resolved, factories, data, who, top_up=top_up,
+                                      max_real_per_class=max_real_per_class)
     timings["pull_seconds"] = time.perf_counter() - t_start
 
     output_dir = Path(output_dir or (str(manifest.output_dir).rstrip("/") + "-expert"))

@@ -14,8 +14,7 @@ from pathlib import Path
 from ..atomic import atomic_write_json
 from ..hub.manifest import Manifest
 from ..runtime import cpu_threads, map_in_processes
-from .expert import (ExpertResult, Hospital, expert_label, expert_plan, own_class_counts, real_rows_per_class,
-                     train_expert)
+from .expert import ExpertResult, Hospital, expert_label, hospital_plan, train_expert
 from .product import DEFAULT_FLOOR, CombineResult, combine
 
 
@@ -108,9 +107,7 @@ def fill_cache(manifest: Manifest, hospitals: Sequence[Hospital], *, cache_dir: 
     plans = []
     for hospital in hospitals:
         who = expert_label(hospital.expert_repo, hospital.factory)
-        counts = own_class_counts(hospital.data, manifest, who)
-        top_up = real_rows_per_class(counts, resolved.synthesis.samples_per_class) if hospital.top_up else None
-        plans.append(expert_plan(resolved, factories, list(counts), who, top_up=top_up))
+        plans.append(hospital_plan(resolved, factories, hospital.data, who, top_up=hospital.top_up)[1])
     cache = ChunkCache(Path(cache_dir or default_cache_dir()) / "chunks", resolved.synthesis)
     return sum(synthesize(plan, factories, cache, accelerator=accelerator, progress=progress).chunks_generated
                for plan in plans)
