@@ -117,6 +117,23 @@ def test_model_selection_uses_the_validation_split():
     assert result.num_val == len(val) and result.num_train == len(train)  # val_ds given: nothing held out
 
 
+def test_selection_by_loss_keeps_the_epoch_with_the_lowest_held_out_cross_entropy():
+    train = pattern_dataset(40, seed=0)
+    val = pattern_dataset(10, seed=2).map(lambda ex: {"label": (ex["label"] + 1) % 3})  # rotated labels, as above
+    result = train_classifier(train, ClassifierConfig(**FAST, seed=0, selection_metric="loss"), val_ds=val,
+                              progress=False)
+    losses = [h["val_loss"] for h in result.history]
+    lowest = min(losses)
+    assert result.best_epoch == max(i + 1 for i, v in enumerate(losses) if v == lowest)  # ties → later epoch
+    x, y = clf.dataset_to_tensors(val, 1)
+    assert clf.held_out_scores(result.model, x, y)["loss"] == pytest.approx(lowest)  # that epoch's weights
+    by_accuracy = train_classifier(train, ClassifierConfig(**FAST, seed=0), val_ds=val, progress=False)
+    assert [h["val_loss"] for h in by_accuracy.history] == losses  # the rule chooses; it does not change training
+    record = result.summary()["selection"]
+    assert record["rule"] == "lowest held-out cross-entropy, ties to the later epoch"
+    assert f"{lowest:.4f}" in record["note"] and "lowest" in record["note"]
+
+
 def test_a_watched_set_is_scored_every_epoch_and_never_chooses(trained):
     train = pattern_dataset(40, seed=0)
     watched = pattern_dataset(10, seed=2).map(lambda ex: {"label": (ex["label"] + 1) % 3})  # scores badly
@@ -440,3 +457,46 @@ def test_the_epoch_can_be_chosen_on_held_out_balanced_accuracy():
     assert selection["held_out_balanced_accuracy"] == max(balanced)
     with pytest.raises(ClassifierError, match="selection_metric must be one of .*got 'auroc'"):
         ClassifierConfig(selection_metric="auroc")
+
+
+def test_ema_returns_the_moving_average_of_the_weights_it_trained(monkeypatch):
+    """With ema_decay the model handed back (and scored every epoch) is timm's average of the weights after each
+    optimizer step: recomputed here from the raw weights, step by step, it matches; without it, the raw ones."""
+    import federated_factory.classifier.training as training
+
+    train = pattern_dataset(40, seed=0)
+    config = ClassifierConfig(**FAST, seed=0, ema_decay=0.9, val_fraction=0.0)
+    averages, raw = [], []
+    real_ema = training.ModelEmaV3
+
+    class Recording(real_ema):  # keeps our own running average of the weights timm sees, to compare with
+        def update(self, model, step=None):
+            super().update(model, step)
+            current = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            raw.append(current)
+            if not averages:
+                averages.append({k: v.clone() for k, v in current.items()})  # (timm starts from the initial copy)
+            averages[0] = {k: (0.9 * averages[0][k] + 0.1 * v) if v.is_floating_point() else v
+                           for k, v in current.items()}
+
+    monkeypatch.setattr(training, "ModelEmaV3", Recording)
+    result = train_classifier(train, config, progress=False)
+    assert result.history[-1]["val_accuracy"] is None  # no held-out slice: the last step's average is kept
+    state = result.model.state_dict()
+    last = raw[-1]
+    assert any(not torch.equal(state[k], last[k]) for k in state if state[k].is_floating_point())  # not the raw
+    # the first update blends into timm's copy of the *initial* weights; after 60+ steps at 0.9 that start weighs
+    # 0.9^steps (< 1e-2), so our average, started from the first step's weights, agrees to that tolerance
+    for k in state:
+        if state[k].is_floating_point():
+            assert torch.allclose(state[k], averages[0][k], atol=2e-2, rtol=0), k
+    from federated_factory.tensors import dataset_to_tensors
+
+    x, y = dataset_to_tensors(pattern_dataset(20, seed=3), 1)
+    assert (predict_logits(result.model, x).argmax(1) == y).float().mean() >= 0.9  # the average still learned
+
+
+def test_an_ema_decay_outside_zero_to_one_is_refused():
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(ClassifierError, match="ema_decay"):
+            ClassifierConfig(ema_decay=bad)

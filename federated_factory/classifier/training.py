@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.utils import ModelEmaV3
 
 from federated_factory.augment import random_flips, random_shifts
 from federated_factory.classifier.config import ClassifierConfig
@@ -98,22 +99,24 @@ def describe_selection(history: list[dict[str, Any]], best_epoch: int, num_val: 
     ``reached_at_epoch`` is the first epoch whose held-out score equals the kept one; when it is earlier
     than the kept last epoch, the held-out score stopped discriminating between epochs (accuracy saturates
     on synthetic images) and the tie rule, not the held-out data, kept the last epoch."""
-    last, key, words = len(history), f"val_{metric}", metric.replace("_", " ")
+    last, key = len(history), f"val_{metric}"
+    words = "cross-entropy" if metric == "loss" else metric.replace("_", " ")
+    best, shown = ("lowest", "{:.4f}") if metric == "loss" else ("highest", "{:.2%}")
     if num_val == 0 or not history or history[0].get(key) is None:
         return {"rule": "last epoch", "kept_epoch": last, "held_out_rows": 0,
                 "note": f"No held-out slice: the last epoch's weights ({last}) are kept."}
     kept = history[best_epoch - 1][key]
     reached = next(h["epoch"] for h in history if h[key] == kept)
-    record = {"rule": f"best held-out {words}, ties to the later epoch", "metric": metric, "kept_epoch": best_epoch,
+    record = {"rule": f"{best} held-out {words}, ties to the later epoch", "metric": metric, "kept_epoch": best_epoch,
               "held_out_rows": num_val, f"held_out_{metric}": kept, "reached_at_epoch": reached}
     if best_epoch < last:
-        note = f"Epoch {best_epoch} of {last} is kept: its held-out {words} ({kept:.2%}) is the highest."
+        note = f"Epoch {best_epoch} of {last} is kept: its held-out {words} ({shown.format(kept)}) is the {best}."
     elif reached < last:
-        note = (f"The held-out {words} reached {kept:.2%} at epoch {reached} and no later epoch did better; ties "
+        note = (f"The held-out {words} reached {shown.format(kept)} at epoch {reached} and no later epoch did better; ties "
                 f"go to the later epoch, so the last epoch ({last}) is kept: the held-out slice did not choose "
                 "between those epochs.")
     else:
-        note = f"The held-out {words} was highest ({kept:.2%}) at the last epoch ({last}), which is kept."
+        note = f"The held-out {words} was {best} ({shown.format(kept)}) at the last epoch ({last}), which is kept."
     return {**record, "note": note}
 
 
@@ -216,11 +219,16 @@ def train_on_tensors(
             model = model.to(memory_format=torch.channels_last)
         model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
         unwrapped = accelerator.unwrap_model(model)
+        # what is scored, selected and returned: the raw weights, or their moving average
+        ema = ModelEmaV3(unwrapped, decay=config.ema_decay) if config.ema_decay > 0 else None
+        kept = ema.module if ema is not None else unwrapped
         class_weight = balanced_class_weights(y, num_classes).to(accelerator.device) \
             if config.class_weighting == "balanced" else None
 
         history: list[dict[str, Any]] = []
-        best_score, best_acc, best_epoch, best_state = -1.0, None, config.epochs, None
+        # the selection maximises the score: accuracy, balanced accuracy, or minus the cross-entropy
+        sign = -1.0 if config.selection_metric == "loss" else 1.0
+        best_score, best_acc, best_epoch, best_state = -math.inf, None, config.epochs, None
         seen, train_time = 0, 0.0
         bar = tqdm(
             total=total_steps, desc=f"train {config.arch}", unit="step",
@@ -240,6 +248,8 @@ def train_on_tensors(
                 accelerator.backward(loss)
                 optimizer.step()
                 scheduler.step()
+                if ema is not None:
+                    ema.update(unwrapped)
                 loss_sum += loss.detach()
                 n_batches += 1
                 seen += len(xb) * accelerator.num_processes
@@ -249,7 +259,7 @@ def train_on_tensors(
                     bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", img_s=f"{seen / max(elapsed, 1e-9):.0f}")
             train_time += time.perf_counter() - t_epoch
             mean_loss = accelerator.reduce(loss_sum / max(1, n_batches), reduction="mean").item()
-            scores = held_out_scores(unwrapped, x_val, y_val) if has_val else \
+            scores = held_out_scores(kept, x_val, y_val) if has_val else \
                 {"accuracy": None, "balanced_accuracy": None, "loss": None}
             val_acc = scores["accuracy"]
             history.append(
@@ -258,14 +268,16 @@ def train_on_tensors(
                  "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t_epoch}
             )
             if watch:
-                history[-1]["watched"] = {name: held_out_scores(unwrapped, *xy) for name, xy in watch.items()}
-            if has_val and scores[config.selection_metric] >= best_score:
-                best_score, best_acc, best_epoch = scores[config.selection_metric], val_acc, epoch
-                best_state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
+                history[-1]["watched"] = {name: held_out_scores(kept, *xy) for name, xy in watch.items()}
+            if has_val and sign * scores[config.selection_metric] >= best_score:
+                best_score, best_acc, best_epoch = sign * scores[config.selection_metric], val_acc, epoch
+                best_state = {k: v.detach().clone() for k, v in kept.state_dict().items()}
             if has_val:
                 bar.set_postfix(epoch=epoch, loss=f"{mean_loss:.3f}", val_acc=f"{val_acc:.3f}",
                                 img_s=f"{seen / max(train_time, 1e-9):.0f}")
         bar.close()
+        if ema is not None:  # hand back the averaged weights in the model the caller gets
+            unwrapped.load_state_dict(ema.module.state_dict())
         if best_state is not None:
             unwrapped.load_state_dict(best_state)
         unwrapped.to(memory_format=torch.contiguous_format).eval()
