@@ -143,6 +143,7 @@ def plot(record: dict, path: Path) -> None:
     names, sets = record["label_names"], list(record["synthetic"])
     fig = new_figure((max(10.0, 4.2 * len(sets)), 8.4))
     x = np.arange(len(names))
+    grid = fig.add_gridspec(2, 2 * len(sets))  # top: two panels of len(sets) columns; bottom: one of 2 per set
 
     colours = {"real validation (reference's recall)": "grey", **{s: f"C{i}" for i, s in enumerate(sets)}}
 
@@ -158,14 +159,14 @@ def plot(record: dict, path: Path) -> None:
     def column(table: dict, key: str) -> list[float]:
         return [table[c][key] if c in table else np.nan for c in names]
 
-    bars(fig.add_subplot(2, 2, 1),
+    bars(fig.add_subplot(grid[0, :len(sets)]),
          {"real validation (reference's recall)": column(record["real_validation"], "recognised"),
           **{s: column(record["synthetic"][s]["per_class"], "recognised") for s in sets}},
          "share recognised", "recognition by the real-data reference")
-    bars(fig.add_subplot(2, 2, 2), {s: column(record["synthetic"][s]["per_class"], "coverage") for s in sets},
+    bars(fig.add_subplot(grid[0, len(sets):]), {s: column(record["synthetic"][s]["per_class"], "coverage") for s in sets},
          "share of real validation covered", f"coverage (k = {record['k']})")
     for i, name in enumerate(sets):
-        ax = fig.add_subplot(2, len(sets), len(sets) + i + 1)
+        ax = fig.add_subplot(grid[1, 2 * i : 2 * i + 2])
         table = record["synthetic"][name]["real_validation_nearest_synthetic_label"]
         matrix = np.array([[table[c].get(k, 0) / sum(table[c].values()) for k in names] if c in table
                            else [np.nan] * len(names) for c in names])
