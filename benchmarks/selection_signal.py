@@ -62,6 +62,10 @@ def summarize(history: list[dict], watched: str = "real_validation") -> dict:
     chosen = {name: {"epoch": epoch, "real_validation_accuracy": real[epoch - 1],
                      "gap_to_best": best_real - real[epoch - 1]}
               for name, epoch in rules(history).items()}
+    for row in chosen.values():  # the mean per-class recall too, for rows judged on it (derma-28)
+        balanced = history[row["epoch"] - 1]["watched"][watched].get("balanced_accuracy")
+        if balanced is not None:
+            row["real_validation_balanced_accuracy"] = balanced
     return {
         "rules": chosen,
         "best_real_validation": {"epoch": real.index(best_real) + 1, "accuracy": best_real},

@@ -21,16 +21,19 @@ def script():
 
 
 def signal(path: Path, ties_later: float, loss: float, test_read=False) -> str:
-    rules = {"synthetic_accuracy_ties_later": {"epoch": 21, "real_validation_accuracy": ties_later},
-             "synthetic_loss": {"epoch": 23, "real_validation_accuracy": loss},
+    """Balanced accuracy is recorded in the reverse order of accuracy, so the two metrics choose differently."""
+    rules = {"synthetic_accuracy_ties_later": {"epoch": 21, "real_validation_accuracy": ties_later,
+                                               "real_validation_balanced_accuracy": loss},
+             "synthetic_loss": {"epoch": 23, "real_validation_accuracy": loss,
+                                "real_validation_balanced_accuracy": ties_later},
              "last_epoch": {"epoch": 30, "real_validation_accuracy": 0.5}}
     path.write_text(json.dumps({"rules": rules, "test_split_read": test_read}))
     return str(path)
 
 
 def sweep(path: Path, **accuracy: float) -> str:
-    path.write_text(json.dumps({"selection_split": "validation",
-                                "results": [{"name": n, "validation": {"accuracy": a}} for n, a in accuracy.items()]}))
+    path.write_text(json.dumps({"selection_split": "validation", "results": [
+        {"name": n, "validation": {"accuracy": a, "balanced_accuracy": a}} for n, a in accuracy.items()]}))
     return str(path)
 
 
@@ -51,6 +54,20 @@ def test_the_best_mean_over_seeds_wins_not_the_best_single_seed(script, tmp_path
     assert record["chosen"] == "ema" and record["test_split_read"] is False
     assert record["candidates"]["rule:synthetic_loss"]["mean"] == pytest.approx(0.905)
     assert record["reported_beside"]["rule:last_epoch"]["mean"] == pytest.approx(0.5)
+
+
+def test_balanced_accuracy_chooses_when_asked(script, tmp_path, monkeypatch):
+    out = tmp_path / "choice.json"
+    common = ["--candidates", "rule:synthetic_accuracy_ties_later", "rule:synthetic_loss",
+              "--signal", f"0={signal(tmp_path / 's0.json', 0.9, 0.8)}", "--out", str(out)]
+    assert run(script, monkeypatch, *common) == 0
+    assert json.loads(out.read_text())["chosen"] == "rule:synthetic_accuracy_ties_later"
+    assert run(script, monkeypatch, *common, "--metric", "balanced_accuracy") == 0
+    record = json.loads(out.read_text())
+    assert record["chosen"] == "rule:synthetic_loss" and record["metric"] == "balanced_accuracy"
+    with pytest.raises(SystemExit, match=r"without a validation score.*'rule:last_epoch': \[0\]"):
+        run(script, monkeypatch, "--candidates", "rule:last_epoch", "--metric", "balanced_accuracy",
+            "--signal", f"0={signal(tmp_path / 's1.json', 0.9, 0.8)}", "--out", str(out))
 
 
 def test_a_tie_goes_to_the_earlier_candidate(script, tmp_path, monkeypatch):

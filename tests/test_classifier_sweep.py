@@ -102,13 +102,14 @@ def test_selection_signal_reports_the_epoch_each_rule_keeps_and_its_real_validat
     synthetic_loss = [1.0, 0.5, 0.3, 0.2, 0.25, 0.4]  # lowest at epoch 4
     real_acc = [0.5, 0.7, 0.8, 0.85, 0.83, 0.8]  # best at epoch 4
     history = [{"epoch": i + 1, "val_accuracy": a, "val_loss": l,
-                "watched": {"real_validation": {"accuracy": r, "loss": 1 - r}}}
+                "watched": {"real_validation": {"accuracy": r, "balanced_accuracy": r / 2, "loss": 1 - r}}}
                for i, (a, l, r) in enumerate(zip(synthetic_acc, synthetic_loss, real_acc))]
     summary = module.summarize(history)
     rules = summary["rules"]
     assert rules["synthetic_accuracy_ties_later"]["epoch"] == 6  # the aggregator's rule: ties go to the later epoch
     assert rules["synthetic_loss"]["epoch"] == 4 and rules["last_epoch"]["epoch"] == 6
     assert rules["synthetic_loss"]["real_validation_accuracy"] == 0.85 and rules["synthetic_loss"]["gap_to_best"] == 0
+    assert rules["synthetic_loss"]["real_validation_balanced_accuracy"] == 0.425  # that epoch's, as recorded
     assert rules["last_epoch"]["gap_to_best"] == pytest.approx(0.05)
     assert summary["best_real_validation"] == {"epoch": 4, "accuracy": 0.85}
     assert summary["synthetic_accuracy_saturated_from_epoch"] == 5
