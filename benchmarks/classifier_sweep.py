@@ -37,8 +37,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
 
 
-def parse_setting(text: str, types: dict) -> tuple[str, dict]:
-    """`name:key=value,...` → (name, {field: typed value}); unknown ClassifierConfig fields are refused."""
+def config_field_types() -> dict:
+    """ClassifierConfig field -> the type a `key=value` setting's value is converted to."""
+    from federated_factory.classifier import ClassifierConfig
+
+    return {f.name: {"int": int, "float": float, "bool": bool}.get(str(f.type), str) for f in fields(ClassifierConfig)}
+
+
+def parse_setting(text: str, types: dict | None = None) -> tuple[str, dict]:
+    """`name:key=value,...` → (name, {field: typed value}); unknown ClassifierConfig fields are refused.
+    ``types``: field -> type, by default :func:`config_field_types`."""
+    types = types if types is not None else config_field_types()
     name, _, body = text.partition(":")
     values = {}
     for item in filter(None, body.split(",")):
@@ -87,7 +96,7 @@ def main() -> int:
     from federated_factory.classifier import ClassifierConfig, evaluate_classifier, load_classifier, train_classifier
     from federated_factory.data import load_image_dataset
 
-    types = {f.name: {"int": int, "float": float, "bool": bool}.get(str(f.type), str) for f in fields(ClassifierConfig)}
+    types = config_field_types()
     parsed = [parse_setting(text, types) for text in args.settings]
     synthetic = load_from_disk(args.synthetic)
     validation = load_image_dataset(args.data, split="validation", image_size=args.image_size, channels=args.channels)

@@ -26,7 +26,6 @@ import argparse
 import platform
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -121,8 +120,7 @@ def main() -> int:
     from federated_factory.classifier import ClassifierConfig, train_classifier
     from federated_factory.data import load_image_dataset
 
-    types = {f.name: {"int": int, "float": float, "bool": bool}.get(str(f.type), str) for f in fields(ClassifierConfig)}
-    _, values = parse_setting("setting:" + args.setting, types)
+    _, values = parse_setting("setting:" + args.setting)
     config = ClassifierConfig(**values)
     if config.val_fraction <= 0:
         parser.error("--setting val_fraction must be > 0: the synthetic held-out slice is what is measured")

@@ -42,7 +42,6 @@ import json
 import platform
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -214,8 +213,7 @@ def main() -> int:
         if not Path(folder).is_dir():
             parser.error(f"--synthetic {name}: {folder} is not a folder")
         synthetic[name] = folder
-    types = {f.name: {"int": int, "float": float, "bool": bool}.get(str(f.type), str) for f in fields(ClassifierConfig)}
-    _, values = parse_setting("setting:" + args.setting, types)
+    _, values = parse_setting("setting:" + args.setting)
     config = ClassifierConfig(**values)
     load = dict(image_size=args.image_size, channels=args.channels)
     validation = load_image_dataset(args.data, split="validation", **load)
