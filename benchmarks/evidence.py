@@ -292,10 +292,18 @@ def candidates(args, method: str) -> dict[str, dict]:
         lrs = args.scaffold_lrs if method == "scaffold" else args.fl_lrs
         return {f"lr{lr:g}": {"lr": lr} for lr in lrs}
     # centralized trains on the pooled real rows, as imbalanced as the dataset (derma: 67% nevi); whether to
-    # weight its loss by class, and which held-out score picks its epoch, are settings like any other, chosen on
-    # validation (a candidate whose epoch is picked by accuracy keeps its earlier name: "none", "balanced")
-    return {w if s == "accuracy" else f"{w}-epoch-by-{s}": {"class_weighting": w, "selection_metric": s}
-            for w in args.centralized_weighting for s in args.centralized_selection}
+    # weight its loss by class, which held-out score picks its epoch, and its learning rate are settings like any
+    # other, chosen on validation. Candidates at the earlier defaults keep their earlier names ("none",
+    # "balanced-epoch-by-balanced_accuracy"); another learning rate adds "-lr<value>".
+    from federated_factory.classifier import ClassifierConfig
+
+    default_lr, grid = ClassifierConfig().lr, {}
+    for lr in getattr(args, "centralized_lrs", None) or [default_lr]:
+        for w in args.centralized_weighting:
+            for s in args.centralized_selection:
+                name = (w if s == "accuracy" else f"{w}-epoch-by-{s}") + ("" if lr == default_lr else f"-lr{lr:g}")
+                grid[name] = {"class_weighting": w, "selection_metric": s, **({} if lr == default_lr else {"lr": lr})}
+    return grid
 
 
 def once(args, data: Data, method: str, setting: dict, seed: int):
@@ -651,6 +659,9 @@ def main(argv: list[str] | None = None) -> int:
                      choices=("accuracy", "balanced_accuracy"),
                      help="centralized's candidates: the score on its held-out slice of the training rows that picks "
                           "the epoch (the slice is as imbalanced as the data), chosen on validation")
+    run.add_argument("--centralized-lrs", nargs="+", type=float, default=None,
+                     help="centralized's candidates: learning rates (default: ClassifierConfig's, 3e-3, alone), "
+                          "e.g. the FedAvg family's grid 3e-3 1e-3 1e-2, chosen on validation")
     run.add_argument("--fedprox-mu", type=float, default=0.01)
     imp = sub.add_parser("import", help="record a FederatedFactory row from a finished run's results JSON")
     imp.add_argument("--dataset", required=True)

@@ -299,6 +299,19 @@ def test_centralized_chooses_its_class_weighting_and_epoch_rule_on_validation_li
                                                                  "selection_metric": "accuracy"}}
 
 
+def test_centralized_gets_the_same_learning_rate_grid_as_the_fedavg_family(evidence):
+    # the default rate keeps the names of the records scored before the grid existed; the others say their rate
+    args = argparse.Namespace(centralized_weighting=["balanced"], centralized_selection=["accuracy"],
+                              centralized_lrs=[3e-3, 1e-3, 1e-2])
+    grid = evidence.candidates(args, "centralized")
+    assert list(grid) == ["balanced", "balanced-lr0.001", "balanced-lr0.01"]
+    assert grid["balanced"] == {"class_weighting": "balanced", "selection_metric": "accuracy"}
+    assert grid["balanced-lr0.01"] == {"class_weighting": "balanced", "selection_metric": "accuracy", "lr": 1e-2}
+    data = argparse.Namespace(spec={"hflip": True, "vflip": False})
+    config = evidence.classifier_config(argparse.Namespace(classifier_epochs=3), data, 0, **grid["balanced-lr0.001"])
+    assert config.lr == 1e-3 and config.class_weighting == "balanced"
+
+
 def test_generator_samples_shows_real_and_synthetic_images_class_by_class(tmp_path):
     import datasets
     from PIL import Image
