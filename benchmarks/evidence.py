@@ -190,13 +190,14 @@ def fedcvae_once(args, data: Data, setting: dict, seed: int) -> tuple[dict, obje
     overrides = dict(setting)
     samples_per_class = overrides.pop("samples_per_class", args.samples_per_class)
     epochs = overrides.pop("classifier_epochs", args.classifier_epochs)
+    lr = {"lr": overrides.pop("classifier_lr")} if "classifier_lr" in overrides else {}
     cvae = CVAEConfig(train_steps=args.cvae_steps, batch_size=args.cvae_batch_size, **overrides)
     work = Path(args.work) / data.name / getattr(data, "partition_name", "partition") / "fedcvae" \
         if getattr(args, "work", None) else None
     tag = "-".join(f"{k}{v}" for k, v in sorted(overrides.items()))
     kept = work / f"decoders-{tag}-steps{cvae.train_steps}x{cvae.batch_size}-seed{seed}" if work else None
     uploads = load_uploads(kept) if kept is not None and kept.is_dir() else None
-    result = run_fedcvae(data.train, data.partition, cvae=cvae, classifier=classifier_config(args, data, seed, epochs=epochs),
+    result = run_fedcvae(data.train, data.partition, cvae=cvae, classifier=classifier_config(args, data, seed, epochs=epochs, **lr),
                          samples_per_class=samples_per_class, seed=seed, channels=data.spec["channels"],
                          progress=True, uploads=uploads)
     if work is not None:  # kept (not committed): the decoders for other candidates, the set for generator_samples.py
@@ -210,23 +211,38 @@ def fedcvae_once(args, data: Data, setting: dict, seed: int) -> tuple[dict, obje
               "bytes": {"upload": result.upload_bytes, "download": 0},
               "clients": [u.summary() for u in result.uploads], "classifier": result.trained.summary(),
               "samples_per_class": samples_per_class, "classifier_epochs": epochs,
+              "classifier_lr": result.trained.summary()["config"]["lr"],
               "decoders_reused": str(kept) if result.decoders_reused else None}
     return record, (result.trained.model, result.trained.label_names)
 
 
 def cvae_candidate(name: str) -> dict:
-    """``<grid name>[-n<images per class>][-e<classifier epochs>]`` -> its setting, e.g. ``z32-b1-n1000-e15``:
-    FedCVAE-Ens gets the same images-per-class and epoch candidates as FederatedFactory's server mode."""
+    """``<grid name>[-n<images per class>][-e<classifier epochs>][-lr<classifier learning rate>]`` -> its
+    setting, e.g. ``z32-b1-n1000-e15-lr0.001``: FedCVAE-Ens gets the same images-per-class, epoch and learning-rate
+    candidates as FederatedFactory's server mode."""
     tokens, extra = name.split("-"), {}
-    while tokens and tokens[-1][:1] in ("n", "e") and tokens[-1][1:].isdigit():
-        key = "samples_per_class" if tokens[-1][0] == "n" else "classifier_epochs"
-        if key in extra or int(tokens[-1][1:]) < 1:
-            raise SystemExit(f"--cvae-grid entry {name!r}: give each of -n<images per class> and -e<epochs> once, >= 1")
-        extra[key] = int(tokens.pop()[1:])
+    while tokens:
+        last = tokens[-1]
+        if last.startswith("lr"):
+            key, raw = "classifier_lr", last[2:]
+            try:
+                value = float(raw)
+            except ValueError:
+                value = 0.0
+        elif last[:1] in ("n", "e") and last[1:].isdigit():
+            key = "samples_per_class" if last[0] == "n" else "classifier_epochs"
+            value = int(last[1:])
+        else:
+            break
+        if key in extra or not value > 0:
+            raise SystemExit(f"--cvae-grid entry {name!r}: give each of -n<images per class>, -e<epochs> and "
+                             "-lr<learning rate> once, > 0")
+        extra[key] = value
+        tokens.pop()
     base = "-".join(tokens)
     if base not in CVAE_GRID:
         raise SystemExit(f"unknown --cvae-grid entry {name!r}: use one of {sorted(CVAE_GRID)}, optionally followed "
-                         "by -n<images per class> and -e<classifier epochs>")
+                         "by -n<images per class>, -e<classifier epochs> and -lr<classifier learning rate>")
     return {**CVAE_GRID[base], **extra}
 
 
@@ -643,8 +659,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--samples-per-class", type=int, default=500)
     run.add_argument("--cvae-grid", nargs="+", default=list(CVAE_GRID),
                      help=f"FedCVAE-Ens candidates: {', '.join(CVAE_GRID)}, each optionally followed by "
-                          "-n<images per class> and -e<classifier epochs> (default --samples-per-class, "
-                          "--classifier-epochs), e.g. z32-b1-n1000-e15")
+                          "-n<images per class>, -e<classifier epochs> and -lr<classifier learning rate> (default "
+                          "--samples-per-class, --classifier-epochs, ClassifierConfig's rate), e.g. z32-b1-n1000-e15-lr0.001")
     run.add_argument("--select-only", action="store_true",
                      help="score the candidates given and stop (to spread a grid over processes; no test read)")
     run.add_argument("--cvae-steps", type=int, default=1200, help="CVAE steps per client (× batch = images seen)")

@@ -375,8 +375,11 @@ def test_fedcvae_candidates_name_images_per_class_and_epochs(evidence):
     assert evidence.cvae_candidate("z32-w128-b1-n1000-e15") == {**evidence.CVAE_GRID["z32-w128-b1"],
                                                                 "samples_per_class": 1000, "classifier_epochs": 15}
     assert evidence.cvae_candidate("z16-b0.25-n2000") == {**evidence.CVAE_GRID["z16-b0.25"], "samples_per_class": 2000}
-    for bad, says in [("z64-b1", "unknown --cvae-grid entry 'z64-b1'"), ("z32-b1-n0", "once, >= 1"),
-                      ("z32-b1-n500-n1000", "once, >= 1"), ("z32-b1-x3", "unknown --cvae-grid entry")]:
+    assert evidence.cvae_candidate("z32-b1-n1000-lr0.01") == {**evidence.CVAE_GRID["z32-b1"], "samples_per_class": 1000,
+                                                              "classifier_lr": 0.01}  # and the learning-rate grid
+    for bad, says in [("z64-b1", "unknown --cvae-grid entry 'z64-b1'"), ("z32-b1-n0", "once, > 0"),
+                      ("z32-b1-n500-n1000", "once, > 0"), ("z32-b1-x3", "unknown --cvae-grid entry"),
+                      ("z32-b1-lrfast", "once, > 0"), ("z32-b1-lr0", "once, > 0")]:
         with pytest.raises(SystemExit, match=says):
             evidence.cvae_candidate(bad)
 
@@ -396,12 +399,13 @@ def test_fedcvae_candidates_differing_in_images_per_class_reuse_the_decoders(evi
     args = argparse.Namespace(cvae_steps=15, cvae_batch_size=16, samples_per_class=4, classifier_epochs=1,
                               work=str(tmp_path / "work"))
     first, _ = evidence.fedcvae_once(args, TinyData, evidence.cvae_candidate("z16-b1"), seed=0)
-    second, _ = evidence.fedcvae_once(args, TinyData, evidence.cvae_candidate("z16-b1-n6-e2"), seed=0)
+    second, _ = evidence.fedcvae_once(args, TinyData, evidence.cvae_candidate("z16-b1-n6-e2-lr0.01"), seed=0)
     assert first["decoders_reused"] is None and second["decoders_reused"]  # trained once, reused once
     assert (first["samples_per_class"], first["classifier_epochs"]) == (4, 1)
     assert (second["samples_per_class"], second["classifier_epochs"]) == (6, 2)
     trained = second["classifier"]
     assert trained["num_train"] + trained["num_val"] == 6 * 4 and trained["config"]["epochs"] == 2
+    assert first["classifier_lr"] == 3e-3 and second["classifier_lr"] == trained["config"]["lr"] == 0.01
     assert second["clients"] == first["clients"]
     assert second["bytes"] == first["bytes"]  # the same uploads
     other_seed, _ = evidence.fedcvae_once(args, TinyData, evidence.cvae_candidate("z16-b1-n6"), seed=1)
