@@ -134,7 +134,9 @@ def main() -> int:
         test = load_image_dataset(args.data, split="test", image_size=args.image_size, channels=args.channels)
         record["final_test"] = {"setting": name, **scores(evaluate_classifier(model, test, label_names))}
         atomic_write_json(args.out, record)
-        print(f"chosen {name}: test accuracy {record['final_test']['accuracy']:.4f} (read once)", flush=True)
+        final = record["final_test"]
+        shown = ", ".join(f"{m} {final[m]:.4f}" for m in dict.fromkeys((args.metric, "accuracy")))
+        print(f"chosen {name}: test {shown} (read once)", flush=True)
     return 0
 
 
