@@ -207,11 +207,11 @@ def fedcvae_once(args, data: Data, setting: dict, seed: int) -> tuple[dict, obje
     t0 = time.perf_counter()
     validation = scores(evaluate_classifier(result.trained.model, data.validation, result.trained.label_names))
     timings = {**result.timings, "validation_seconds": time.perf_counter() - t0}
+    classifier = result.trained.summary()
     record = {"cvae": dataclasses.replace(cvae, seed=seed).to_dict(), "validation": validation, "timings": timings,
               "bytes": {"upload": result.upload_bytes, "download": 0},
-              "clients": [u.summary() for u in result.uploads], "classifier": result.trained.summary(),
-              "samples_per_class": samples_per_class, "classifier_epochs": epochs,
-              "classifier_lr": result.trained.summary()["config"]["lr"],
+              "clients": [u.summary() for u in result.uploads], "classifier": classifier,
+              "samples_per_class": samples_per_class, "classifier_epochs": epochs, "classifier_lr": classifier["config"]["lr"],
               "decoders_reused": str(kept) if result.decoders_reused else None}
     return record, (result.trained.model, result.trained.label_names)
 
